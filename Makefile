@@ -1,0 +1,44 @@
+# The two commands: `make run` (the gateway locally, with everything it needs) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.installed
+STAMP_NODE := node_modules/.installed
+
+.PHONY: setup test test-unit lint typecheck run services clean
+
+setup: $(STAMP_PY) $(STAMP_NODE)
+
+$(STAMP_PY): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(STAMP_NODE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: $(STAMP_PY)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP_PY)
+	$(VENV)/bin/mypy shared tools function_app.py orchestrators activities
+
+# Runs lint, types and every test tier; pytest starts (and always stops) Azurite, the FHIR server and the
+# token endpoint on free loopback ports.
+test: setup lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP_PY)
+	$(PY) -m pytest -m "not integration and not e2e and not faults" $(PYTEST_ARGS)
+
+services: setup
+	$(PY) -m tools.services
+
+run: services
+
+clean:
+	rm -rf $(VENV) node_modules .local .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Durable activities: one thin module per activity (parse input, call a service in ``shared``, return JSON)."""

@@ -1,0 +1,1 @@
+"""Durable orchestrators and the durable-client / HTTP functions (intake, status, dispatcher, approvals)."""

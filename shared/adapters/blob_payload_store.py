@@ -1,0 +1,56 @@
+"""PayloadStore on Azure Blob Storage: small bodies inline in the change record, large ones as a blob claim check."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
+
+from shared.errors import NotFoundError
+from shared.models import PayloadRef
+
+
+def blob_name_for(change_id: str) -> str:
+    return f"changes/{change_id}/request.json"
+
+
+def inline_ref(body: bytes, inline_max_bytes: int) -> PayloadRef | None:
+    """The inline reference for ``body`` when it is small UTF-8 text, else None."""
+    if len(body) > inline_max_bytes:
+        return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return PayloadRef(kind="inline", sha256=hashlib.sha256(body).hexdigest(), size=len(body), inline=text)
+
+
+class BlobPayloadStore:
+    def __init__(self, service: BlobServiceClient, container: str, *, inline_max_bytes: int = 30_000) -> None:
+        self._container: ContainerClient = service.get_container_client(container)
+        self._inline_max = inline_max_bytes
+
+    def ensure_container(self) -> None:
+        with contextlib.suppress(ResourceExistsError):
+            self._container.create_container()
+
+    def put(self, change_id: str, body: bytes) -> PayloadRef:
+        ref = inline_ref(body, self._inline_max)
+        if ref is not None:
+            return ref
+        name = blob_name_for(change_id)
+        self._container.upload_blob(
+            name, body, overwrite=True, content_settings=ContentSettings(content_type="application/json")
+        )
+        return PayloadRef(kind="blob", sha256=hashlib.sha256(body).hexdigest(), size=len(body), blob_name=name)
+
+    def get(self, ref: PayloadRef) -> bytes:
+        if ref.kind == "inline":
+            return (ref.inline or "").encode("utf-8")
+        assert ref.blob_name is not None
+        try:
+            return self._container.download_blob(ref.blob_name).readall()
+        except ResourceNotFoundError as exc:
+            raise NotFoundError(f"payload blob {ref.blob_name} not found") from exc

@@ -1,0 +1,52 @@
+"""Typed settings, read from the environment once and lazily (``get_settings()``), prefixed ``WRITEBACK_``.
+
+Connections are identity-based in Azure (endpoints plus managed identity); a storage connection string is
+accepted for local runs against Azurite only, whose development key is public.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WRITEBACK_", extra="ignore", populate_by_name=True)
+
+    storage_connection_string: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("WRITEBACK_STORAGE_CONNECTION_STRING", "WRITEBACK_STORAGE"),
+    )
+    table_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("WRITEBACK_TABLE_ENDPOINT", "WritebackStorage__tableServiceUri")
+    )
+    blob_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("WRITEBACK_BLOB_ENDPOINT", "WritebackStorage__blobServiceUri")
+    )
+    table_prefix: str = Field(default="writeback", pattern=r"^[A-Za-z][A-Za-z0-9]{0,29}$")
+    payload_container: str = Field(default="writeback-payloads", pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")
+    inline_payload_max_bytes: int = Field(default=30_000, ge=0, le=30_000)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    idempotency_retention_hours: int = Field(default=72, gt=0)
+    queue_name: str = "writeback-changes"
+    servicebus_namespace: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "WRITEBACK_SERVICEBUS_NAMESPACE", "ServiceBusConnection__fullyQualifiedNamespace"
+        ),
+    )
+    managed_identity_client_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("WRITEBACK_MANAGED_IDENTITY_CLIENT_ID", "AZURE_CLIENT_ID")
+    )
+    targets_file: Path = Path("config/targets.yaml")
+    policy_file: Path = Path("config/policy.yaml")
+    auth_mode: Literal["easyauth", "jwt"] = "easyauth"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

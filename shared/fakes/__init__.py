@@ -1,0 +1,1 @@
+"""Faithful in-memory fakes of the ports in ``shared.ports``, for fast unit tests."""

@@ -1,0 +1,193 @@
+"""In-memory fakes of the storage ports, faithful to Table Storage where the gateway can tell the difference:
+atomic claims, ETag checks, all-or-nothing transitions, insert-only lineage, paging with opaque tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from shared.adapters.blob_payload_store import blob_name_for, inline_ref
+from shared.adapters.table_change_store import newest_first_key
+from shared.adapters.table_codec import decode_token, encode_token
+from shared.errors import AlreadyExistsError, ConcurrencyError, NotFoundError
+from shared.models import (
+    ChangeRecord,
+    ChangeStatus,
+    IdempotencyRecord,
+    LineageEvent,
+    Page,
+    PayloadRef,
+    ResourceChange,
+)
+
+T = TypeVar("T")
+
+
+def _etag() -> str:
+    return f'W/"{uuid.uuid4().hex}"'
+
+
+def _page(rows: list[tuple[str, T]], page_size: int, continuation_token: str | None) -> Page[T]:
+    """Page over rows sorted by key; the token carries the first key of the next page."""
+    size = max(1, min(page_size, 1000))
+    start_key = (decode_token(continuation_token) or {}).get("next")
+    rows = sorted(rows, key=lambda r: r[0])
+    if start_key is not None:
+        rows = [r for r in rows if r[0] >= start_key]
+    page, rest = rows[:size], rows[size:]
+    token = encode_token({"next": rest[0][0]}) if rest else None
+    return Page[T](items=[item for _, item in page], continuation_token=token)
+
+
+class FakeIdempotencyStore:
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        with self._lock:
+            if (record.caller, record.key) in self._rows:
+                raise AlreadyExistsError("idempotency key already exists")
+            stored = record.model_copy(update={"etag": _etag()})
+            self._rows[(record.caller, record.key)] = stored
+            return stored.model_copy()
+
+    def get(self, caller: str, key: str) -> IdempotencyRecord | None:
+        with self._lock:
+            row = self._rows.get((caller, key))
+            return row.model_copy() if row else None
+
+    def update(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        if record.etag is None:
+            raise ValueError("update needs the record's etag (read it first)")
+        with self._lock:
+            current = self._rows.get((record.caller, record.key))
+            if current is None:
+                raise NotFoundError("idempotency key not found")
+            if current.etag != record.etag:
+                raise ConcurrencyError("idempotency key changed since it was read")
+            stored = record.model_copy(update={"etag": _etag()})
+            self._rows[(record.caller, record.key)] = stored
+            return stored.model_copy()
+
+    def delete(self, caller: str, key: str) -> None:
+        with self._lock:
+            self._rows.pop((caller, key), None)
+
+    def purge_expired(self, now: datetime) -> int:
+        with self._lock:
+            expired = [k for k, r in self._rows.items() if r.expires_at < now]
+            for k in expired:
+                del self._rows[k]
+            return len(expired)
+
+
+class FakeChangeStore:
+    def __init__(self) -> None:
+        self._records: dict[str, ChangeRecord] = {}
+        self._events: dict[str, dict[int, LineageEvent]] = {}
+        self._index: dict[tuple[str, str, str], dict[str, ResourceChange]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
+        with self._lock:
+            if record.change_id in self._records or event.sequence in self._events.get(record.change_id, {}):
+                raise AlreadyExistsError(f"change {record.change_id} already exists")
+            stored = record.model_copy(update={"etag": _etag()})
+            self._records[record.change_id] = stored
+            self._events.setdefault(record.change_id, {})[event.sequence] = event.model_copy()
+            return stored.model_copy()
+
+    def transition(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
+        if record.etag is None:
+            raise ValueError("transition needs the record's etag (read it first)")
+        with self._lock:
+            current = self._records.get(record.change_id)
+            if current is None:
+                raise NotFoundError(f"change {record.change_id} not found")
+            if current.etag != record.etag:
+                raise ConcurrencyError(f"change {record.change_id} changed since it was read")
+            events = self._events.setdefault(record.change_id, {})
+            if event.sequence in events:
+                raise AlreadyExistsError(f"change {record.change_id} already exists")
+            stored = record.model_copy(update={"etag": _etag()})
+            self._records[record.change_id] = stored
+            events[event.sequence] = event.model_copy()
+            return stored.model_copy()
+
+    def get(self, change_id: str) -> ChangeRecord | None:
+        with self._lock:
+            row = self._records.get(change_id)
+            return row.model_copy() if row else None
+
+    def lineage(self, change_id: str) -> list[LineageEvent]:
+        with self._lock:
+            events = self._events.get(change_id, {})
+            return [events[s].model_copy() for s in sorted(events)]
+
+    def query(
+        self,
+        *,
+        status: ChangeStatus | None = None,
+        target: str | None = None,
+        resource_type: str | None = None,
+        page_size: int = 50,
+        continuation_token: str | None = None,
+    ) -> Page[ChangeRecord]:
+        checks: list[Callable[[ChangeRecord], bool]] = []
+        if status is not None:
+            checks.append(lambda r: r.status == status)
+        if target is not None:
+            checks.append(lambda r: r.target == target)
+        if resource_type is not None:
+            checks.append(lambda r: r.resource_type == resource_type)
+        with self._lock:
+            rows = [(cid, r.model_copy()) for cid, r in self._records.items() if all(c(r) for c in checks)]
+        return _page(rows, page_size, continuation_token)
+
+    def index_resource(self, entry: ResourceChange) -> None:
+        with self._lock:
+            key = (entry.target, entry.resource_type, entry.resource_id)
+            self._index.setdefault(key, {})[newest_first_key(entry.at, entry.change_id)] = entry.model_copy()
+
+    def resource_history(
+        self,
+        target: str,
+        resource_type: str,
+        resource_id: str,
+        *,
+        page_size: int = 50,
+        continuation_token: str | None = None,
+    ) -> Page[ResourceChange]:
+        with self._lock:
+            rows = list(self._index.get((target, resource_type, resource_id), {}).items())
+        return _page(rows, page_size, continuation_token)
+
+
+class FakePayloadStore:
+    def __init__(self, *, inline_max_bytes: int = 30_000) -> None:
+        self._blobs: dict[str, bytes] = {}
+        self._inline_max = inline_max_bytes
+        self._lock = threading.Lock()
+
+    def put(self, change_id: str, body: bytes) -> PayloadRef:
+        ref = inline_ref(body, self._inline_max)
+        if ref is not None:
+            return ref
+        name = blob_name_for(change_id)
+        with self._lock:
+            self._blobs[name] = bytes(body)
+        return PayloadRef(kind="blob", sha256=hashlib.sha256(body).hexdigest(), size=len(body), blob_name=name)
+
+    def get(self, ref: PayloadRef) -> bytes:
+        if ref.kind == "inline":
+            return (ref.inline or "").encode("utf-8")
+        with self._lock:
+            body = self._blobs.get(ref.blob_name or "")
+        if body is None:
+            raise NotFoundError(f"payload blob {ref.blob_name} not found")
+        return body

@@ -1,0 +1,287 @@
+"""Domain models: the change request a caller submits, the change record we keep, lineage events, principals.
+
+Wire names are camelCase (the HTTP API and Table properties); Python names are snake_case.
+Lineage events never carry PHI: element paths, hashes, versions, actors and outcomes only.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+T = TypeVar("T")
+
+RESOURCE_REF = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})$")
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Operation(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    PATCH = "patch"
+
+
+class ChangeStatus(StrEnum):
+    ACCEPTED = "accepted"
+    VALIDATING = "validating"
+    AWAITING_APPROVAL = "awaiting_approval"
+    WRITING = "writing"
+    VERIFYING = "verifying"
+    COMPLETED = "completed"
+    PLANNED = "planned"
+    REJECTED = "rejected"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        ChangeStatus.COMPLETED,
+        ChangeStatus.PLANNED,
+        ChangeStatus.REJECTED,
+        ChangeStatus.CONFLICT,
+        ChangeStatus.FAILED,
+        ChangeStatus.EXPIRED,
+        ChangeStatus.CANCELLED,
+    }
+)
+
+
+class Principal(WireModel):
+    """Who called: the app (source system) and, when known, the signed-in user. Roles as granted."""
+
+    app_id: str
+    user_id: str | None = None
+    display_name: str | None = None
+    roles: list[str] = Field(default_factory=list)
+    auth_type: str = "easyauth"
+
+    @property
+    def caller_key(self) -> str:
+        """The scope of idempotency keys: one namespace per app (and user, when the app acts for one)."""
+        return f"{self.app_id}|{self.user_id or ''}"
+
+
+class PatchOperation(WireModel):
+    """One RFC 6902 JSON Patch operation."""
+
+    op: Literal["add", "remove", "replace", "move", "copy", "test"]
+    path: str
+    value: Any = None
+    from_: str | None = Field(default=None, alias="from")
+
+    @field_validator("path", "from_")
+    @classmethod
+    def _pointer(cls, v: str | None) -> str | None:
+        if v is not None and v != "" and not v.startswith("/"):
+            raise ValueError("must be a JSON pointer starting with '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> PatchOperation:
+        if self.op in ("move", "copy") and self.from_ is None:
+            raise ValueError(f"'{self.op}' needs 'from'")
+        if self.op in ("add", "replace", "test") and "value" not in self.model_fields_set:
+            raise ValueError(f"'{self.op}' needs 'value'")
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.op, "path": self.path}
+        if self.op in ("add", "replace", "test"):
+            out["value"] = self.value
+        if self.from_ is not None:
+            out["from"] = self.from_
+        return out
+
+
+class ChangeRequest(WireModel):
+    """The body of ``POST /api/v1/changes`` (DESIGN.md §4)."""
+
+    target: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+    operation: Operation
+    resource: dict[str, Any] | None = None
+    resource_ref: str | None = None
+    patch: list[PatchOperation] | None = None
+    base_version: str | None = None
+    reason: str | None = Field(default=None, max_length=1024)
+    dry_run: bool = False
+
+    @field_validator("base_version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, bool):
+            raise ValueError("must be a version id string or integer")
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, str):
+            m = re.fullmatch(r'\s*(?:W/)?"?([^"]*)"?\s*', v)
+            inner = m.group(1) if m else v
+            if not inner or len(inner) > 64 or not re.fullmatch(r"[A-Za-z0-9\-.]+", inner):
+                raise ValueError("must be a FHIR version id (letters, digits, '-' and '.', at most 64)")
+            return inner
+        raise ValueError("must be a version id string or integer")
+
+    @field_validator("resource_ref")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        if v is not None and not RESOURCE_REF.match(v):
+            raise ValueError("must look like 'ResourceType/id'")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> ChangeRequest:
+        if self.operation in (Operation.CREATE, Operation.UPDATE):
+            if self.resource is None:
+                raise ValueError(f"'resource' is required for {self.operation.value}")
+            if self.patch is not None:
+                raise ValueError(f"'patch' is not allowed for {self.operation.value}")
+            rtype = self.resource.get("resourceType")
+            if not isinstance(rtype, str) or not rtype:
+                raise ValueError("'resource.resourceType' is required")
+            if self.operation is Operation.UPDATE and not isinstance(self.resource.get("id"), str):
+                raise ValueError("'resource.id' is required for update")
+            if self.resource_ref is not None:
+                expected = f"{rtype}/{self.resource.get('id')}"
+                if self.resource_ref != expected:
+                    raise ValueError(f"'resourceRef' {self.resource_ref!r} does not match the resource ({expected})")
+        else:
+            if self.resource_ref is None:
+                raise ValueError("'resourceRef' is required for patch")
+            if not self.patch:
+                raise ValueError("'patch' must be a non-empty list for patch")
+            if self.resource is not None:
+                raise ValueError("'resource' is not allowed for patch")
+        return self
+
+    @property
+    def resource_type(self) -> str:
+        if self.resource is not None:
+            return str(self.resource["resourceType"])
+        assert self.resource_ref is not None
+        return self.resource_ref.split("/", 1)[0]
+
+    @property
+    def resource_id(self) -> str | None:
+        if self.resource is not None:
+            rid = self.resource.get("id")
+            return rid if isinstance(rid, str) else None
+        assert self.resource_ref is not None
+        return self.resource_ref.split("/", 1)[1]
+
+
+class PayloadRef(WireModel):
+    """Where a stored request body lives: inline in the change record, or in a blob (claim check)."""
+
+    kind: Literal["inline", "blob"]
+    sha256: str
+    size: int
+    inline: str | None = None
+    blob_name: str | None = None
+
+
+class ChangeRecord(WireModel):
+    """The state of one change. Stored as the ``record`` row of the change's partition."""
+
+    change_id: str
+    status: ChangeStatus
+    target: str
+    operation: Operation
+    resource_type: str
+    resource_id: str | None = None
+    requested_by: Principal
+    submitted_at: datetime
+    updated_at: datetime
+    request_hash: str
+    payload: PayloadRef
+    reason_hash: str | None = None
+    dry_run: bool = False
+    base_version: str | None = None
+    enqueued: bool = False
+    sequence: int = 0
+    plan: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    etag: str | None = Field(default=None, exclude=True)
+
+    @property
+    def resource_ref(self) -> str | None:
+        return f"{self.resource_type}/{self.resource_id}" if self.resource_id else None
+
+
+class LineageEvent(WireModel):
+    """One step in a change's life. Insert-only; ``sequence`` orders events within a change."""
+
+    change_id: str
+    sequence: int
+    event: str
+    status: ChangeStatus
+    at: datetime
+    actor: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class IdempotencyState(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+
+
+class IdempotencyRecord(WireModel):
+    """One claimed idempotency key, scoped to a caller."""
+
+    caller: str
+    key: str
+    fingerprint: str
+    change_id: str
+    state: IdempotencyState = IdempotencyState.PENDING
+    created_at: datetime
+    expires_at: datetime
+    response_status: int | None = None
+    etag: str | None = Field(default=None, exclude=True)
+
+
+class ResourceChange(WireModel):
+    """One row of the resource index: a change that touched (target, resource type, id)."""
+
+    target: str
+    resource_type: str
+    resource_id: str
+    change_id: str
+    at: datetime
+
+
+class ChangeMessage(WireModel):
+    """What travels on the queue: ids only, never a resource body."""
+
+    change_id: str
+    target: str
+    kind: Literal["change", "retry"] = "change"
+    traceparent: str | None = None
+
+
+class Page(BaseModel, Generic[T]):
+    """A page of results and the opaque token for the next one."""
+
+    items: list[T]
+    continuation_token: str | None = None

@@ -1,0 +1,147 @@
+"""Ports: the Protocols the core depends on. Real adapters live in ``shared.adapters``; fakes in ``shared.fakes``.
+
+The same contract tests (tests/contract) run against each fake and its real adapter, so a fake that passes
+them behaves like the service where the gateway can tell the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from shared.models import (
+    ChangeMessage,
+    ChangeRecord,
+    ChangeStatus,
+    IdempotencyRecord,
+    LineageEvent,
+    Page,
+    PayloadRef,
+    ResourceChange,
+)
+
+
+class IdempotencyStore(Protocol):
+    def claim(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        """Insert if absent; the insert is the atomic decision. Raises AlreadyExistsError if the key is taken."""
+        ...
+
+    def get(self, caller: str, key: str) -> IdempotencyRecord | None: ...
+
+    def update(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        """Replace with If-Match on ``record.etag``; raises ConcurrencyError when it moved, NotFoundError if gone."""
+        ...
+
+    def delete(self, caller: str, key: str) -> None:
+        """Delete if present (idempotent)."""
+        ...
+
+    def purge_expired(self, now: datetime) -> int:
+        """Delete every record whose ``expires_at`` is before ``now``; return how many were deleted."""
+        ...
+
+
+class ChangeStore(Protocol):
+    def create(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
+        """Insert the record and its first lineage event in one transaction. AlreadyExistsError if present."""
+        ...
+
+    def transition(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
+        """Replace the record (If-Match on ``record.etag``) and insert ``event`` in one transaction.
+
+        ConcurrencyError when the record moved; AlreadyExistsError when the event's sequence is taken.
+        Nothing is applied on either error. Returns the record with its new etag.
+        """
+        ...
+
+    def get(self, change_id: str) -> ChangeRecord | None: ...
+
+    def lineage(self, change_id: str) -> list[LineageEvent]:
+        """Every lineage event of the change, in sequence order."""
+        ...
+
+    def query(
+        self,
+        *,
+        status: ChangeStatus | None = None,
+        target: str | None = None,
+        resource_type: str | None = None,
+        page_size: int = 50,
+        continuation_token: str | None = None,
+    ) -> Page[ChangeRecord]: ...
+
+    def index_resource(self, entry: ResourceChange) -> None:
+        """Add a resource index row (idempotent: the same entry twice is one row)."""
+        ...
+
+    def resource_history(
+        self,
+        target: str,
+        resource_type: str,
+        resource_id: str,
+        *,
+        page_size: int = 50,
+        continuation_token: str | None = None,
+    ) -> Page[ResourceChange]:
+        """Changes that touched one resource, newest first."""
+        ...
+
+
+class PayloadStore(Protocol):
+    def put(self, change_id: str, body: bytes) -> PayloadRef:
+        """Keep a request body: inline when small, else as a blob named after the change (idempotent)."""
+        ...
+
+    def get(self, ref: PayloadRef) -> bytes:
+        """The stored body; raises NotFoundError when the blob is gone."""
+        ...
+
+
+class MessagePublisher(Protocol):
+    def publish(self, message: ChangeMessage) -> None:
+        """Send with MessageId = change id (the broker drops duplicates within its window)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FhirResponse:
+    """A FHIR interaction's outcome: the resource (when returned) and what the headers said."""
+
+    status: int
+    resource: dict[str, Any] | None = None
+    version_id: str | None = None
+    etag: str | None = None
+    location: str | None = None
+    last_modified: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class FhirClient(Protocol):
+    """One target FHIR R4 server. Versions are opaque strings; never assume integers."""
+
+    def read(self, resource_type: str, resource_id: str) -> FhirResponse: ...
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> FhirResponse: ...
+
+    def search(self, resource_type: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """A searchset Bundle."""
+        ...
+
+    def create(self, resource: dict[str, Any], *, if_none_exist: str | None = None) -> FhirResponse: ...
+
+    def update(self, resource: dict[str, Any], *, if_match: str | None = None) -> FhirResponse: ...
+
+    def patch(
+        self,
+        resource_type: str,
+        resource_id: str,
+        operations: Sequence[dict[str, Any]],
+        *,
+        if_match: str | None = None,
+    ) -> FhirResponse: ...
+
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """A transaction-response Bundle."""
+        ...

@@ -1,0 +1,1 @@
+"""Local development and test tooling: the local services (Azurite, FHIR server, token endpoint)."""

@@ -1,0 +1,1 @@
+"""Start and stop the local services the gateway needs, on loopback ports."""
