@@ -187,6 +187,15 @@ class ConflictError(DownstreamError):
 
 
 @dataclass(eq=False)
+class DownstreamNotFoundError(NotFoundError, DownstreamError):
+    """404/410 from the target. Both ``except NotFoundError`` and ``except DownstreamError`` catch it."""
+
+    status: ClassVar[int] = 404
+    code: ClassVar[str] = "downstream-not-found"
+    title: ClassVar[str] = "Resource not found at the target system"
+
+
+@dataclass(eq=False)
 class ConfigurationError(WritebackError):
     """Settings, targets or policy are invalid; raised at start-up with a message naming the field."""
 

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.errors import ConfigurationError
 
-
 Interaction = Literal["read", "vread", "search", "create", "update", "patch", "transaction"]
 ALL_INTERACTIONS: tuple[Interaction, ...] = ("read", "vread", "search", "create", "update", "patch", "transaction")
 

@@ -16,10 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 if TYPE_CHECKING:
+    from tools.services.azurite import Azurite
     from tools.services.fhir_server import FhirServer
     from tools.services.token_endpoint import TokenEndpoint
-
-    from tools.services.azurite import Azurite
 
 FHIR_AUDIENCE = "api://local-ehr"
 
@@ -62,7 +61,7 @@ def fhir(fhir_server: FhirServer) -> FhirServer:
     return fhir_server
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fhir_token(token_endpoint: TokenEndpoint) -> str:
     """A valid bearer token for the local FHIR server, from the token endpoint."""
     resp = httpx.get(

