@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: setup test test-unit lint typecheck run services clean
+.PHONY: setup test test-unit lint typecheck run services gateway bench-replay clean
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
@@ -25,7 +25,7 @@ lint: $(STAMP_PY)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP_PY)
-	$(VENV)/bin/mypy shared tools function_app.py orchestrators activities
+	$(VENV)/bin/mypy shared tools devhost function_app.py orchestrators activities
 
 # Runs lint, types and every test tier; pytest starts (and always stops) Azurite, the FHIR server and the
 # token endpoint on free loopback ports.
@@ -35,10 +35,19 @@ test: setup lint typecheck
 test-unit: $(STAMP_PY)
 	$(PY) -m pytest -m "not integration and not e2e and not faults" $(PYTEST_ARGS)
 
+# Everything in the foreground: Azurite, the FHIR server, the token endpoint and the gateway. Ctrl-C stops all.
+run: setup
+	$(PY) -m tools.services --with-gateway
+
+# Only the local services (then `make gateway` in another terminal, to restart the gateway alone).
 services: setup
 	$(PY) -m tools.services
 
-run: services
+gateway: setup
+	$(PY) -m devhost --local-services .local/endpoints.json
+
+bench-replay: setup
+	$(PY) -m tools.bench_replay
 
 clean:
 	rm -rf $(VENV) node_modules .local .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""`make services`: start Azurite, the local token endpoint and the local FHIR server in the foreground.
+"""`make services` / `make run`: start Azurite, the local token endpoint and the local FHIR server in the foreground;
+with ``--with-gateway`` (``make run``) also the gateway itself in the local runtime.
 
 Ports come from WRITEBACK_DEV_FHIR_PORT (8103), WRITEBACK_DEV_TOKEN_PORT (8104) and WRITEBACK_DEV_AZURITE_PORT
 (10000; queue and table on the next two). Azurite keeps its data under .local/azurite; the FHIR server keeps its
@@ -8,21 +9,26 @@ Ctrl-C (or SIGTERM) stops everything.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import secrets
 import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
+from devhost.host import LocalRuntime
 from tools.services.azurite import start_azurite
+from tools.services.endpoints import gateway_environment
 from tools.services.fhir_server import start_fhir_server
 from tools.services.process import REPO_ROOT
 from tools.services.token_endpoint import start_token_endpoint
 
-LOCAL_DIR = REPO_ROOT / ".local"
+LOCAL_DIR = Path(os.environ.get("WRITEBACK_DEV_STATE_DIR", REPO_ROOT / ".local"))
 FHIR_TARGET = "local-ehr"
 FHIR_AUDIENCE = "api://local-ehr"
 
@@ -31,7 +37,10 @@ def _port(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.services")
+    parser.add_argument("--with-gateway", action="store_true", help="also run the gateway in the local runtime")
+    args = parser.parse_args(argv)
     log_dir = LOCAL_DIR / "logs"
     stopping: list[Callable[[], None]] = []
 
@@ -39,6 +48,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # also when started in the background, where SIGINT starts ignored
     try:
         azurite_port = _port("WRITEBACK_DEV_AZURITE_PORT", 10000)
         azurite = start_azurite(
@@ -69,12 +79,22 @@ def main() -> int:
         LOCAL_DIR.mkdir(exist_ok=True)
         path = LOCAL_DIR / "endpoints.json"
         path.write_text(json.dumps(endpoints, indent=2) + "\n")
+        if args.with_gateway:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            logging.getLogger("azure").setLevel(logging.WARNING)
+            os.environ.update(gateway_environment(endpoints))
+            runtime = LocalRuntime(
+                app_dir=REPO_ROOT, state_dir=LOCAL_DIR / "runtime", port=_port("WRITEBACK_DEV_PORT", 7071)
+            )
+            runtime.start()
+            stopping.append(runtime.stop)
+            print(f"Gateway API        {endpoints['api']}  (health: {endpoints['api']}/health)")
         print(f"Azurite (tables)   {azurite.table_url}")
         print(f"Azurite (blobs)    {azurite.blob_url}")
         print(f"Token endpoint     {token.url}")
         print(f"FHIR server        {fhir.base_url}  (audience {FHIR_AUDIENCE}, data in memory)")
-        print(f"Endpoints file     {path.relative_to(REPO_ROOT)}")
-        print(f"Logs               {log_dir.relative_to(REPO_ROOT)}/")
+        print(f"Endpoints file     {path}")
+        print(f"Logs               {log_dir}/")
         print("Ctrl-C stops everything.", flush=True)
         while all(s.process.alive() for s in (azurite, token, fhir)):
             time.sleep(0.5)

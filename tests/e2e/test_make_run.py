@@ -1,0 +1,62 @@
+"""`make run` as a user runs it: every local service and the gateway come up, answer, and stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tools.services.process import REPO_ROOT, free_port, port_open
+
+
+@pytest.mark.e2e
+def test_run_starts_services_and_gateway_and_ctrl_c_stops_them(tmp_path: Path) -> None:
+    ports = {
+        "WRITEBACK_DEV_PORT": free_port(),
+        "WRITEBACK_DEV_FHIR_PORT": free_port(),
+        "WRITEBACK_DEV_TOKEN_PORT": free_port(),
+        "WRITEBACK_DEV_AZURITE_PORT": free_port(),
+    }
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "WRITEBACK_DEV_STATE_DIR": str(tmp_path)}
+    # A free port for Azurite's blob service does not make the next two free; they are checked at start-up.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.services", "--with-gateway"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        endpoints_file = tmp_path / "endpoints.json"
+        deadline = time.monotonic() + 60
+        while not endpoints_file.exists() or proc.poll() is not None:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        endpoints = json.loads(endpoints_file.read_text())
+        api = endpoints["api"]
+        while True:
+            try:
+                health = httpx.get(f"{api}/health", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert health.status_code == 200, health.text
+        assert health.json()["dependencies"]["tableStorage"] == {"state": "ok"}
+        assert httpx.get(endpoints["fhir"]["local-ehr"] + "/metadata", timeout=5).status_code == 200
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0
+    # Nothing it started is left listening.
+    still_open = [name for name, port in ports.items() if port_open(port)]
+    assert still_open == []
