@@ -1,0 +1,1 @@
+"""Benchmarks and the small apps they drive."""
