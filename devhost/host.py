@@ -77,8 +77,9 @@ class LocalRuntime:
         )
         sb_settings = host_json.get("extensions", {}).get("serviceBus", {})
         self.bus = LocalServiceBus(self.state_dir / "servicebus.db")
-        pump = ServiceBusTriggerPump(self.index, self.bus, host_json=host_json)
-        timers = TimerPump(self.index, state_db=self.state_dir / "timers.db")
+        client_json = client_binding_json(self.base_url, task_hub)
+        pump = ServiceBusTriggerPump(self.index, self.bus, host_json=host_json, durable_client_json=lambda: client_json)
+        timers = TimerPump(self.index, state_db=self.state_dir / "timers.db", durable_client_json=lambda: client_json)
         app = build_asgi_app(
             self.index,
             route_prefix=route_prefix_from(host_json),

@@ -171,7 +171,9 @@ class ServiceBusTriggerPump:
         auto_complete: bool = True,
         host_json: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
+        durable_client_json: Callable[[], str] | None = None,
     ) -> None:
+        self._durable_client_json = durable_client_json
         settings: Mapping[str, Any] = {}
         if host_json is not None:
             settings = host_json.get("extensions", {}).get("serviceBus", {}) or {}
@@ -322,7 +324,8 @@ class ServiceBusTriggerPump:
         fn = listener.fn
         try:
             argument: Any = [to_function_message(m) for m in batch] if listener.many else to_function_message(batch[0])
-            invoke(fn, argument)
+            client = self._durable_client_json() if fn.durable_client_param and self._durable_client_json else None
+            invoke(fn, argument, durable_client_json=client)
         except Exception as exc:
             for message in batch:
                 logger.warning(

@@ -353,7 +353,9 @@ class TimerPump:
         clock: Callable[[], datetime] = _utcnow,
         max_wait: float = 1.0,
         environ: Mapping[str, str] | None = None,
+        durable_client_json: Callable[[], str] | None = None,
     ) -> None:
+        self._durable_client_json = durable_client_json
         self._functions = index.by_trigger(TIMER)
         self._state_db = Path(state_db)
         self._clock = clock
@@ -498,7 +500,10 @@ class TimerPump:
             schedule={"AdjustForDST": False},
         )
         try:
-            invoke(timer.fn, request)
+            client = (
+                self._durable_client_json() if timer.fn.durable_client_param and self._durable_client_json else None
+            )
+            invoke(timer.fn, request, durable_client_json=client)
         except Exception as exc:
             logger.error("timer function %s failed (%s); the schedule goes on", timer.fn.name, type(exc).__name__)
             logger.debug("timer function %s traceback", timer.fn.name, exc_info=True)

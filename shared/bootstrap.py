@@ -6,6 +6,7 @@ Triggers and activities ask here for a port; tests build fakes or adapters direc
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
@@ -13,13 +14,24 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from shared.adapters.blob_payload_store import BlobPayloadStore
+from shared.adapters.fhir_http import HttpFhirClient
+from shared.adapters.identity import token_provider_for
+from shared.adapters.local_queue_publisher import LocalQueuePublisher
+from shared.adapters.servicebus_publisher import ServiceBusPublisher
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
+from shared.caller_identity import Authenticator, JwtValidator
+from shared.changes_api import ChangesApi
 from shared.config import Settings, get_settings
 from shared.errors import ConfigurationError
-from shared.targets import TargetRegistry
+from shared.intake import IntakeService
+from shared.journal import ChangeJournal
+from shared.pipeline import ChangePipeline
+from shared.policy import Policy
+from shared.ports import FhirClient, MessagePublisher
+from shared.targets import TargetConfig, TargetRegistry
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def _credential(settings: Settings) -> Any:
@@ -80,3 +92,116 @@ def payload_store() -> BlobPayloadStore:
 @cache
 def targets() -> TargetRegistry:
     return TargetRegistry.from_file(get_settings().targets_file)
+
+
+@cache
+def policy() -> Policy:
+    loaded = Policy.from_file(get_settings().policy_file)
+    loaded.check_targets(targets().ids())
+    return loaded
+
+
+@cache
+def journal() -> ChangeJournal:
+    return ChangeJournal(change_store())
+
+
+@cache
+def publisher() -> MessagePublisher:
+    settings = get_settings()
+    if settings.local_runtime_url:
+        return LocalQueuePublisher(settings.local_runtime_url, settings.queue_name)
+    if not settings.servicebus_namespace:
+        raise ConfigurationError("set ServiceBusConnection__fullyQualifiedNamespace")
+    return ServiceBusPublisher(
+        settings.queue_name, fully_qualified_namespace=settings.servicebus_namespace, credential=_credential(settings)
+    )
+
+
+_clients: dict[str, FhirClient] = {}
+
+
+def fhir_client(target: TargetConfig) -> FhirClient:
+    with _lock:
+        client = _clients.get(target.id)
+        if client is None:
+            tokens = token_provider_for(target, managed_identity_client_id=get_settings().managed_identity_client_id)
+            client = _clients[target.id] = HttpFhirClient(target, tokens=tokens)
+        return client
+
+
+@cache
+def intake() -> IntakeService:
+    settings = get_settings()
+    return IntakeService(
+        idempotency=idempotency_store(),
+        journal=journal(),
+        payloads=payload_store(),
+        publisher=publisher(),
+        targets=targets(),
+        max_body_bytes=settings.max_body_bytes,
+        retention=timedelta(hours=settings.idempotency_retention_hours),
+    )
+
+
+@cache
+def pipeline() -> ChangePipeline:
+    settings = get_settings()
+    return ChangePipeline(
+        journal=journal(),
+        payloads=payload_store(),
+        targets=targets(),
+        policy=policy(),
+        fhir=fhir_client,
+        approval_timeout=timedelta(hours=settings.approval_timeout_hours),
+    )
+
+
+@cache
+def authenticator() -> Authenticator:
+    settings = get_settings()
+    if settings.auth_mode == "jwt":
+        if not (settings.jwt_issuer and settings.jwt_audience and settings.jwt_jwks_url):
+            raise ConfigurationError(
+                "jwt auth needs WRITEBACK_JWT_ISSUER, WRITEBACK_JWT_AUDIENCE, WRITEBACK_JWT_JWKS_URL"
+            )
+        validator = JwtValidator(
+            issuer=settings.jwt_issuer.split(","),
+            audience=settings.jwt_audience.split(","),
+            jwks_url=settings.jwt_jwks_url,
+        )
+        return Authenticator("jwt", jwt=validator)
+    return Authenticator("easyauth")
+
+
+@cache
+def changes_api() -> ChangesApi:
+    return ChangesApi(
+        authenticate=lambda headers: authenticator().authenticate(headers),
+        intake=intake,
+        journal=journal,
+        max_body_bytes=get_settings().max_body_bytes,
+    )
+
+
+def reset() -> None:
+    """Forget every built adapter and the settings (tests change the environment between cases)."""
+    get_settings.cache_clear()
+    for factory in (
+        table_service,
+        blob_service,
+        change_store,
+        idempotency_store,
+        payload_store,
+        targets,
+        policy,
+        journal,
+        publisher,
+        intake,
+        pipeline,
+        authenticator,
+        changes_api,
+    ):
+        factory.cache_clear()
+    with _lock:
+        _clients.clear()

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     targets_file: Path = Path("config/targets.yaml")
     policy_file: Path = Path("config/policy.yaml")
     auth_mode: Literal["easyauth", "jwt"] = "easyauth"
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_url: str | None = None
+    approval_timeout_hours: float = Field(default=72, gt=0)
+    sweep_after_seconds: int = Field(default=60, gt=0)
+    local_runtime_url: str | None = Field(default=None, validation_alias=AliasChoices("WRITEBACK_LOCAL_RUNTIME_URL"))
 
 
 @lru_cache(maxsize=1)

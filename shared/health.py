@@ -22,6 +22,7 @@ def _probe(check: Callable[[], Any]) -> dict[str, str]:
 def check_health() -> tuple[bool, dict[str, Any]]:
     dependencies = {
         "targets": _probe(bootstrap.targets),
+        "policy": _probe(bootstrap.policy),
         "tableStorage": _probe(lambda: next(iter(bootstrap.table_service().list_tables(results_per_page=1)), None)),
         "blobStorage": _probe(bootstrap.payload_store),
     }

@@ -48,10 +48,10 @@ class ChangeStore(Protocol):
         """Insert the record and its first lineage event in one transaction. AlreadyExistsError if present."""
         ...
 
-    def transition(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
-        """Replace the record (If-Match on ``record.etag``) and insert ``event`` in one transaction.
+    def transition(self, record: ChangeRecord, *events: LineageEvent) -> ChangeRecord:
+        """Replace the record (If-Match on ``record.etag``) and insert ``events`` in one transaction.
 
-        ConcurrencyError when the record moved; AlreadyExistsError when the event's sequence is taken.
+        ConcurrencyError when the record moved; AlreadyExistsError when an event's sequence is taken.
         Nothing is applied on either error. Returns the record with its new etag.
         """
         ...
@@ -90,8 +90,8 @@ class ChangeStore(Protocol):
 
 
 class PayloadStore(Protocol):
-    def put(self, change_id: str, body: bytes) -> PayloadRef:
-        """Keep a request body: inline when small, else as a blob named after the change (idempotent)."""
+    def put(self, change_id: str, body: bytes, *, name: str = "request") -> PayloadRef:
+        """Keep a body (the request, or a planned resource): inline when small, else as a blob (idempotent)."""
         ...
 
     def get(self, ref: PayloadRef) -> bytes:

@@ -12,8 +12,8 @@ from shared.errors import NotFoundError
 from shared.models import PayloadRef
 
 
-def blob_name_for(change_id: str) -> str:
-    return f"changes/{change_id}/request.json"
+def blob_name_for(change_id: str, name: str = "request") -> str:
+    return f"changes/{change_id}/{name}.json"
 
 
 def inline_ref(body: bytes, inline_max_bytes: int) -> PayloadRef | None:
@@ -36,15 +36,15 @@ class BlobPayloadStore:
         with contextlib.suppress(ResourceExistsError):
             self._container.create_container()
 
-    def put(self, change_id: str, body: bytes) -> PayloadRef:
+    def put(self, change_id: str, body: bytes, *, name: str = "request") -> PayloadRef:
         ref = inline_ref(body, self._inline_max)
         if ref is not None:
             return ref
-        name = blob_name_for(change_id)
+        blob = blob_name_for(change_id, name)
         self._container.upload_blob(
-            name, body, overwrite=True, content_settings=ContentSettings(content_type="application/json")
+            blob, body, overwrite=True, content_settings=ContentSettings(content_type="application/json")
         )
-        return PayloadRef(kind="blob", sha256=hashlib.sha256(body).hexdigest(), size=len(body), blob_name=name)
+        return PayloadRef(kind="blob", sha256=hashlib.sha256(body).hexdigest(), size=len(body), blob_name=blob)
 
     def get(self, ref: PayloadRef) -> bytes:
         if ref.kind == "inline":

@@ -29,6 +29,7 @@ from shared.models import ChangeRecord, ChangeStatus, LineageEvent, Page, Resour
 RECORD_ROW = "record"
 EVENT_ROW_PREFIX = "event-"
 MAX_PAGE_SIZE = 1000
+MAX_BATCH = 100  # Table Storage refuses larger entity-group transactions
 # Filtered cross-partition queries may return empty pages with a token; read a few before giving back a page.
 MAX_EMPTY_PAGES = 20
 _EPOCH_MS_CEILING = 10**13
@@ -95,16 +96,18 @@ class TableChangeStore:
         result = self._submit(ops, f"change {record.change_id}")
         return record.model_copy(update={"etag": result[0].get("etag")})
 
-    def transition(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
+    def transition(self, record: ChangeRecord, *events: LineageEvent) -> ChangeRecord:
         if record.etag is None:
             raise ValueError("transition needs the record's etag (read it first)")
+        if len(events) + 1 > MAX_BATCH:
+            raise ValueError(f"a transition holds at most {MAX_BATCH - 1} lineage events")
         ops: list[Any] = [
             (
                 "update",
                 record_entity(record),
                 {"mode": UpdateMode.REPLACE, "etag": record.etag, "match_condition": MatchConditions.IfNotModified},
             ),
-            ("create", event_entity(event)),
+            *[("create", event_entity(event)) for event in events],
         ]
         result = self._submit(ops, f"change {record.change_id}")
         return record.model_copy(update={"etag": result[0].get("etag")})

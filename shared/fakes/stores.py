@@ -102,7 +102,7 @@ class FakeChangeStore:
             self._events.setdefault(record.change_id, {})[event.sequence] = event.model_copy()
             return stored.model_copy()
 
-    def transition(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
+    def transition(self, record: ChangeRecord, *events: LineageEvent) -> ChangeRecord:
         if record.etag is None:
             raise ValueError("transition needs the record's etag (read it first)")
         with self._lock:
@@ -111,12 +111,16 @@ class FakeChangeStore:
                 raise NotFoundError(f"change {record.change_id} not found")
             if current.etag != record.etag:
                 raise ConcurrencyError(f"change {record.change_id} changed since it was read")
-            events = self._events.setdefault(record.change_id, {})
-            if event.sequence in events:
+            if len(events) + 1 > 100:
+                raise ValueError("a transition holds at most 99 lineage events")
+            stored_events = self._events.setdefault(record.change_id, {})
+            sequences = [e.sequence for e in events]
+            if len(set(sequences)) != len(sequences) or any(s in stored_events for s in sequences):
                 raise AlreadyExistsError(f"change {record.change_id} already exists")
             stored = record.model_copy(update={"etag": _etag()})
             self._records[record.change_id] = stored
-            events[event.sequence] = event.model_copy()
+            for event in events:
+                stored_events[event.sequence] = event.model_copy()
             return stored.model_copy()
 
     def get(self, change_id: str) -> ChangeRecord | None:
@@ -174,14 +178,14 @@ class FakePayloadStore:
         self._inline_max = inline_max_bytes
         self._lock = threading.Lock()
 
-    def put(self, change_id: str, body: bytes) -> PayloadRef:
+    def put(self, change_id: str, body: bytes, *, name: str = "request") -> PayloadRef:
         ref = inline_ref(body, self._inline_max)
         if ref is not None:
             return ref
-        name = blob_name_for(change_id)
+        blob = blob_name_for(change_id, name)
         with self._lock:
-            self._blobs[name] = bytes(body)
-        return PayloadRef(kind="blob", sha256=hashlib.sha256(body).hexdigest(), size=len(body), blob_name=name)
+            self._blobs[blob] = bytes(body)
+        return PayloadRef(kind="blob", sha256=hashlib.sha256(body).hexdigest(), size=len(body), blob_name=blob)
 
     def get(self, ref: PayloadRef) -> bytes:
         if ref.kind == "inline":

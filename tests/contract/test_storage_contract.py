@@ -238,6 +238,26 @@ def test_lineage_is_ordered_by_sequence_past_nine(stores: Stores) -> None:
     assert [e.sequence for e in stores.changes.lineage("c4")] == list(range(1, 13))
 
 
+def test_one_transition_may_record_several_events_atomically(stores: Stores) -> None:
+    rec = stores.changes.create(change_record("c5"), event("c5", 1))
+    rec = stores.changes.transition(
+        rec.model_copy(update={"status": ChangeStatus.WRITING, "sequence": 4}),
+        event("c5", 2, ChangeStatus.VALIDATING),
+        event("c5", 3, ChangeStatus.VALIDATING),
+        event("c5", 4, ChangeStatus.WRITING),
+    )
+    # A batch whose last event collides applies none of its events and leaves the record alone.
+    with pytest.raises(AlreadyExistsError):
+        stores.changes.transition(
+            rec.model_copy(update={"status": ChangeStatus.FAILED}),
+            event("c5", 5, ChangeStatus.FAILED),
+            event("c5", 4, ChangeStatus.FAILED),
+        )
+    assert [e.sequence for e in stores.changes.lineage("c5")] == [1, 2, 3, 4]
+    got = stores.changes.get("c5")
+    assert got is not None and got.status is ChangeStatus.WRITING
+
+
 def test_query_filters_and_pages_with_continuation_tokens(stores: Stores) -> None:
     ids = [f"q{i:02d}" for i in range(7)]
     for i, cid in enumerate(ids):

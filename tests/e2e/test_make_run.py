@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tools.services.process import REPO_ROOT, free_port, port_open
+from tools.services.process import REPO_ROOT, free_port, free_port_block, port_open
 
 
 @pytest.mark.e2e
@@ -22,15 +22,14 @@ def test_run_starts_services_and_gateway_and_ctrl_c_stops_them(tmp_path: Path) -
         "WRITEBACK_DEV_PORT": free_port(),
         "WRITEBACK_DEV_FHIR_PORT": free_port(),
         "WRITEBACK_DEV_TOKEN_PORT": free_port(),
-        "WRITEBACK_DEV_AZURITE_PORT": free_port(),
+        "WRITEBACK_DEV_AZURITE_PORT": free_port_block(3),
     }
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "WRITEBACK_DEV_STATE_DIR": str(tmp_path)}
-    # A free port for Azurite's blob service does not make the next two free; they are checked at start-up.
     proc = subprocess.Popen(
         [sys.executable, "-m", "tools.services", "--with-gateway"],
         cwd=REPO_ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=(tmp_path / "run.log").open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -38,7 +37,7 @@ def test_run_starts_services_and_gateway_and_ctrl_c_stops_them(tmp_path: Path) -
         endpoints_file = tmp_path / "endpoints.json"
         deadline = time.monotonic() + 60
         while not endpoints_file.exists() or proc.poll() is not None:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert proc.poll() is None, (tmp_path / "run.log").read_text(errors="replace")
             assert time.monotonic() < deadline
             time.sleep(0.1)
         endpoints = json.loads(endpoints_file.read_text())
@@ -54,9 +53,10 @@ def test_run_starts_services_and_gateway_and_ctrl_c_stops_them(tmp_path: Path) -
         assert health.json()["dependencies"]["tableStorage"] == {"state": "ok"}
         assert httpx.get(endpoints["fhir"]["local-ehr"] + "/metadata", timeout=5).status_code == 200
     finally:
-        os.kill(proc.pid, signal.SIGINT)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
         proc.wait(30)
-    assert proc.returncode == 0
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text(errors="replace")
     # Nothing it started is left listening.
     still_open = [name for name, port in ports.items() if port_open(port)]
     assert still_open == []

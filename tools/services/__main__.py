@@ -26,6 +26,7 @@ from tools.services.azurite import start_azurite
 from tools.services.endpoints import gateway_environment
 from tools.services.fhir_server import start_fhir_server
 from tools.services.process import REPO_ROOT
+from tools.services.seed import bearer_token, seed_patients
 from tools.services.token_endpoint import start_token_endpoint
 
 LOCAL_DIR = Path(os.environ.get("WRITEBACK_DEV_STATE_DIR", REPO_ROOT / ".local"))
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             "identityHeader": token.identity_header,
             "storageConnectionString": azurite.connection_string,
         }
+        seeded = seed_patients(fhir.base_url, bearer_token(token.url, token.identity_header, FHIR_AUDIENCE))
         LOCAL_DIR.mkdir(exist_ok=True)
         path = LOCAL_DIR / "endpoints.json"
         path.write_text(json.dumps(endpoints, indent=2) + "\n")
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Azurite (blobs)    {azurite.blob_url}")
         print(f"Token endpoint     {token.url}")
         print(f"FHIR server        {fhir.base_url}  (audience {FHIR_AUDIENCE}, data in memory)")
+        print(f"Seeded             {', '.join(seeded)}")
         print(f"Endpoints file     {path}")
         print(f"Logs               {log_dir}/")
         print("Ctrl-C stops everything.", flush=True)

@@ -20,6 +20,7 @@ def gateway_environment(endpoints: dict[str, Any]) -> dict[str, str]:
         "IDENTITY_ENDPOINT": endpoints["identityEndpoint"],
         "IDENTITY_HEADER": endpoints["identityHeader"],
         "WRITEBACK_TASK_HUB": "writebacklocal",
+        "WRITEBACK_QUEUE_NAME": "writeback-changes",
     }
     for target, url in endpoints["fhir"].items():
         env[env_override_name(target)] = url

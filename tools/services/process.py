@@ -32,6 +32,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive free ports (for services that take a base port and the next ones)."""
+    for _ in range(attempts):
+        first = free_port()
+        if first + count - 1 <= 65535 and not any(port_open(first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)

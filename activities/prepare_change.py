@@ -1,0 +1,16 @@
+"""Activity `prepare_change`: read, plan and decide (see shared.pipeline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.durable_functions as df
+
+from shared import bootstrap
+
+bp = df.Blueprint()
+
+
+@bp.activity_trigger(input_name="payload")
+def prepare_change(payload: dict[str, Any]) -> dict[str, Any]:
+    return bootstrap.pipeline().prepare(str(payload["changeId"]))

@@ -1,0 +1,35 @@
+"""Service Bus trigger: start ``writeback_orchestrator`` for a queued change, instance id = change id.
+
+A duplicate message, or a change whose orchestration already ran or runs, is a no-op. A message for an unknown
+change raises, so Service Bus redelivers it and finally dead-letters it (MaxDeliveryCountExceeded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
+from shared import bootstrap
+from shared.dispatch import should_start
+
+bp = df.Blueprint()
+log = logging.getLogger("writeback.dispatcher")
+
+
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%WRITEBACK_QUEUE_NAME%", connection="ServiceBusConnection")
+@bp.durable_client_input(client_name="client")
+async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
+    change_id = await asyncio.to_thread(should_start, bootstrap.journal(), msg.get_body())
+    if change_id is None:
+        return
+    try:
+        await client.start_new(ORCHESTRATOR_NAME, change_id, {"changeId": change_id})
+    except Exception as exc:
+        if "already exists" in str(exc):
+            log.info("change %s: orchestration already running", change_id)
+            return
+        raise

@@ -1,0 +1,174 @@
+"""The HTTP API's behaviour, free of Azure Functions: authenticate, authorise, call one service, answer.
+
+Every method returns an ``ApiResponse``; every ``WritebackError`` becomes problem+json with its status, so bad
+input is always a 4xx naming the field. Anything unexpected is logged (ids only) and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shared.api_responses import ApiResponse, problem
+from shared.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT, require_role
+from shared.errors import Issue, NotFoundError, PayloadTooLargeError, RequestError, WritebackError
+from shared.intake import IntakeService
+from shared.journal import ChangeJournal
+from shared.models import ChangeRecord, ChangeStatus, Principal
+from shared.status_view import RETRY_AFTER_SECONDS, accepted_body, lineage_body, status_body
+
+log = logging.getLogger("writeback.api")
+
+READ_ROLES = (ROLE_AUDIT, ROLE_APPROVE, ROLE_OPERATE)
+MAX_PAGE_SIZE = 200
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value
+    return None
+
+
+class ChangesApi:
+    def __init__(
+        self,
+        *,
+        authenticate: Callable[[Mapping[str, str]], Principal],
+        intake: Callable[[], IntakeService],
+        journal: Callable[[], ChangeJournal],
+        max_body_bytes: int,
+    ) -> None:
+        self._authenticate = authenticate
+        self._intake = intake
+        self._journal = journal
+        self.max_body_bytes = max_body_bytes
+
+    def _guard(self, action: Callable[[], ApiResponse], instance: str) -> ApiResponse:
+        try:
+            return action()
+        except WritebackError as exc:
+            return problem(exc, instance=instance)
+        except Exception:
+            log.exception("unexpected error answering %s", instance)
+            return ApiResponse(500, {"type": "about:blank", "title": "Internal error", "status": 500})
+
+    # --- writes ----------------------------------------------------------------------------------------------
+
+    def content_too_large(self, headers: Mapping[str, str]) -> bool:
+        length = _header(headers, "Content-Length")
+        return bool(length and length.isdigit() and int(length) > self.max_body_bytes)
+
+    def submit(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:
+        def action() -> ApiResponse:
+            principal = self._authenticate(headers)
+            require_role(principal, ROLE_SUBMIT)
+            if self.content_too_large(headers) or len(body) > self.max_body_bytes:
+                raise PayloadTooLargeError(f"The request body exceeds {self.max_body_bytes} bytes")
+            result = self._intake().submit(
+                principal, _header(headers, "Idempotency-Key"), body, traceparent=_header(headers, "traceparent")
+            )
+            answer = accepted_body(result.change, base_url)
+            response_headers = {"Location": answer["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)}
+            if result.replayed:
+                response_headers["Idempotent-Replayed"] = "true"
+            return ApiResponse(202, answer, response_headers)
+
+        return self._guard(action, "/api/v1/changes")
+
+    # --- reads -----------------------------------------------------------------------------------------------
+
+    def _visible(self, principal: Principal, record: ChangeRecord) -> None:
+        """The submitting app sees its own changes; Audit, Approve and Operate see every change."""
+        if record.requested_by.app_id == principal.app_id or any(r in principal.roles for r in READ_ROLES):
+            return
+        raise NotFoundError(f"change {record.change_id} not found")
+
+    def _record(self, principal: Principal, change_id: str) -> ChangeRecord:
+        record = self._journal().store.get(change_id)
+        if record is None:
+            raise NotFoundError(f"change {change_id} not found")
+        self._visible(principal, record)
+        return record
+
+    def get_change(self, headers: Mapping[str, str], change_id: str, base_url: str) -> ApiResponse:
+        def action() -> ApiResponse:
+            principal = self._authenticate(headers)
+            record = self._record(principal, change_id)
+            body = status_body(record, base_url)
+            if record.status.is_terminal:
+                return ApiResponse(200, body)
+            return ApiResponse(202, body, {"Location": body["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)})
+
+        return self._guard(action, f"/api/v1/changes/{change_id}")
+
+    def lineage(self, headers: Mapping[str, str], change_id: str) -> ApiResponse:
+        def action() -> ApiResponse:
+            principal = self._authenticate(headers)
+            self._record(principal, change_id)
+            return ApiResponse(200, lineage_body(change_id, self._journal().store.lineage(change_id)))
+
+        return self._guard(action, f"/api/v1/changes/{change_id}/lineage")
+
+    def list_changes(self, headers: Mapping[str, str], params: Mapping[str, str], base_url: str) -> ApiResponse:
+        def action() -> ApiResponse:
+            principal = self._authenticate(headers)
+            require_role(principal, *READ_ROLES)
+            status = None
+            if params.get("status"):
+                try:
+                    status = ChangeStatus(params["status"])
+                except ValueError:
+                    raise RequestError(
+                        "Unknown status filter",
+                        issues=[Issue("status", "invalid", f"one of {', '.join(s.value for s in ChangeStatus)}")],
+                    ) from None
+            page = self._journal().store.query(
+                status=status,
+                target=params.get("target") or None,
+                resource_type=params.get("resource") or None,
+                page_size=_page_size(params),
+                continuation_token=params.get("continuationToken") or None,
+            )
+            body: dict[str, Any] = {"items": [status_body(r, base_url) for r in page.items]}
+            if page.continuation_token:
+                body["continuationToken"] = page.continuation_token
+            return ApiResponse(200, body)
+
+        return self._guard(action, "/api/v1/changes")
+
+    def resource_lineage(
+        self, headers: Mapping[str, str], target: str, resource_type: str, resource_id: str, params: Mapping[str, str]
+    ) -> ApiResponse:
+        def action() -> ApiResponse:
+            principal = self._authenticate(headers)
+            require_role(principal, ROLE_AUDIT, ROLE_OPERATE)
+            page = self._journal().store.resource_history(
+                target,
+                resource_type,
+                resource_id,
+                page_size=_page_size(params),
+                continuation_token=params.get("continuationToken") or None,
+            )
+            body: dict[str, Any] = {
+                "target": target,
+                "resourceRef": f"{resource_type}/{resource_id}",
+                "changes": [{"changeId": e.change_id, "at": e.at.isoformat()} for e in page.items],
+            }
+            if page.continuation_token:
+                body["continuationToken"] = page.continuation_token
+            return ApiResponse(200, body)
+
+        return self._guard(action, f"/api/v1/lineage/{target}/{resource_type}/{resource_id}")
+
+
+def _page_size(params: Mapping[str, str]) -> int:
+    raw = params.get("pageSize") or "50"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise RequestError(
+            "pageSize is out of range",
+            issues=[Issue("pageSize", "invalid", f"a whole number from 1 to {MAX_PAGE_SIZE}")],
+        )
+    return int(raw)

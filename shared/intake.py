@@ -1,0 +1,276 @@
+"""Intake: take a change request in, exactly once per (caller, Idempotency-Key), through an outbox.
+
+Order of work, each step safe to repeat: validate (nothing stored on bad input) → claim the key (an insert that
+fails if it exists: the atomic decision) → store the record and its ``accepted`` lineage event together → index
+the resource → publish the message (MessageId = change id) → mark the record enqueued. A crash anywhere leaves
+either nothing (before the claim) or a claimed key whose change a retry with the same key completes; a record left
+accepted but not enqueued is published again by the sweeper.
+
+Idempotency follows the IETF httpapi Idempotency-Key draft and Stripe's practice: a missing key is 400; the same key
+with the same request replays the original answer (``Idempotent-Replayed: true``); with a different request, 422;
+while the first is still being taken in, 409.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.api_responses import request_error_from
+from shared.errors import (
+    AlreadyExistsError,
+    ConcurrencyError,
+    IdempotencyKeyInUseError,
+    IdempotencyKeyMismatchError,
+    Issue,
+    PayloadTooLargeError,
+    RequestError,
+    WritebackError,
+)
+from shared.fhir_validation import validate_resource
+from shared.journal import ChangeJournal, Step, utcnow
+from shared.models import (
+    ChangeMessage,
+    ChangeRecord,
+    ChangeRequest,
+    ChangeStatus,
+    IdempotencyRecord,
+    Operation,
+    Principal,
+    ResourceChange,
+)
+from shared.ports import IdempotencyStore, MessagePublisher, PayloadStore
+from shared.targets import TargetRegistry
+
+log = logging.getLogger("writeback.intake")
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+HEADER = "Idempotency-Key"
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    change: ChangeRecord
+    replayed: bool
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_idempotency_key(key: str | None) -> str:
+    if key is None or key == "":
+        raise RequestError(
+            "An Idempotency-Key header is required",
+            issues=[Issue(HEADER, "required", "send a unique key (1-255 printable ASCII characters) per change")],
+        )
+    if not IDEMPOTENCY_KEY.match(key):
+        raise RequestError(
+            "The Idempotency-Key header is not valid",
+            issues=[Issue(HEADER, "invalid", "1-255 printable ASCII characters")],
+        )
+    return key
+
+
+def parse_change_request(body: bytes, targets: TargetRegistry) -> tuple[ChangeRequest, Any]:
+    """The validated request and its parsed JSON; RequestError / FhirValidationError name what is wrong."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise RequestError(
+            "The request body is not valid JSON", issues=[Issue("", "invalid-json", f"not valid JSON{where}")]
+        ) from None
+    if not isinstance(data, dict):
+        raise RequestError("The request body must be a JSON object", issues=[Issue("", "type", "expected an object")])
+    try:
+        request = ChangeRequest.model_validate(data)
+    except ValidationError as exc:
+        raise request_error_from(exc) from None
+    target = targets.get(request.target)
+    if target is None:
+        raise RequestError(
+            f"Unknown target {request.target!r}",
+            issues=[Issue("/target", "unknown-target", f"known targets: {', '.join(targets.ids()) or 'none'}")],
+        )
+    allowed_types = target.capabilities.resource_types
+    if allowed_types and request.resource_type not in allowed_types:
+        where = "/resource/resourceType" if request.resource is not None else "/resourceRef"
+        raise RequestError(
+            f"Target {target.id!r} does not accept {request.resource_type} resources",
+            issues=[Issue(where, "not-supported", f"supported: {', '.join(allowed_types)}")],
+        )
+    if request.operation.value not in target.capabilities.interactions:
+        raise RequestError(
+            f"Target {target.id!r} does not support {request.operation.value}",
+            issues=[Issue("/operation", "not-supported", "the target does not allow this interaction")],
+        )
+    if request.resource is not None:
+        validate_resource(request.resource, expected_type=request.resource_type)
+    return request, data
+
+
+class IntakeService:
+    def __init__(
+        self,
+        *,
+        idempotency: IdempotencyStore,
+        journal: ChangeJournal,
+        payloads: PayloadStore,
+        publisher: MessagePublisher,
+        targets: TargetRegistry,
+        max_body_bytes: int,
+        retention: timedelta,
+        stale_after: timedelta = timedelta(seconds=30),
+        clock: Callable[[], datetime] = utcnow,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.idempotency = idempotency
+        self.journal = journal
+        self.payloads = payloads
+        self.publisher = publisher
+        self.targets = targets
+        self.max_body_bytes = max_body_bytes
+        self.retention = retention
+        self.stale_after = stale_after
+        self._clock = clock
+        self._new_id = new_id
+
+    def submit(
+        self, principal: Principal, key: str | None, body: bytes, *, traceparent: str | None = None
+    ) -> IntakeResult:
+        key = check_idempotency_key(key)
+        if len(body) > self.max_body_bytes:
+            raise PayloadTooLargeError(f"The request body exceeds {self.max_body_bytes} bytes")
+        request, data = parse_change_request(body, self.targets)
+        fingerprint = sha256_hex(canonical_json(data))
+        now = self._clock()
+        claim = IdempotencyRecord(
+            caller=principal.caller_key,
+            key=key,
+            fingerprint=fingerprint,
+            change_id=self._new_id(),
+            created_at=now,
+            expires_at=now + self.retention,
+        )
+        try:
+            self.idempotency.claim(claim)
+        except AlreadyExistsError:
+            return self._existing(principal, key, fingerprint, request, body, traceparent)
+        change = self._take_in(claim.change_id, principal, request, body, fingerprint, now, traceparent)
+        return IntakeResult(change, replayed=False)
+
+    def _existing(
+        self,
+        principal: Principal,
+        key: str,
+        fingerprint: str,
+        request: ChangeRequest,
+        body: bytes,
+        traceparent: str | None,
+    ) -> IntakeResult:
+        existing = self.idempotency.get(principal.caller_key, key)
+        if existing is None:
+            raise IdempotencyKeyInUseError("The Idempotency-Key was released while this request was taken in; retry")
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyMismatchError(
+                "This Idempotency-Key was used with a different request",
+                issues=[Issue(HEADER, "reused", "use a new key for a different change")],
+            )
+        change = self.journal.store.get(existing.change_id)
+        if change is not None and (change.enqueued or change.status is not ChangeStatus.ACCEPTED):
+            return IntakeResult(change, replayed=True)
+        if self._clock() - existing.created_at < self.stale_after:
+            raise IdempotencyKeyInUseError("The first request with this Idempotency-Key is still being taken in")
+        # The first attempt stopped part-way (a crash or a lost connection): finish it, under the same change id.
+        log.info("resuming intake of change %s", existing.change_id)
+        resumed = self._take_in(
+            existing.change_id, principal, request, body, fingerprint, existing.created_at, traceparent, resume=change
+        )
+        return IntakeResult(resumed, replayed=True)
+
+    def _take_in(
+        self,
+        change_id: str,
+        principal: Principal,
+        request: ChangeRequest,
+        body: bytes,
+        fingerprint: str,
+        now: datetime,
+        traceparent: str | None,
+        *,
+        resume: ChangeRecord | None = None,
+    ) -> ChangeRecord:
+        record = resume
+        if record is None:
+            payload = self.payloads.put(change_id, body)
+            record = ChangeRecord(
+                change_id=change_id,
+                status=ChangeStatus.ACCEPTED,
+                target=request.target,
+                operation=request.operation,
+                resource_type=request.resource_type,
+                resource_id=request.resource_id if request.operation is not Operation.CREATE else None,
+                requested_by=principal,
+                submitted_at=now,
+                updated_at=now,
+                request_hash=fingerprint,
+                payload=payload,
+                reason_hash=sha256_hex(request.reason.encode("utf-8")) if request.reason else None,
+                dry_run=request.dry_run,
+                base_version=request.base_version,
+            )
+            accepted = Step(
+                "accepted",
+                {
+                    "requestHash": fingerprint,
+                    "payloadBytes": len(body),
+                    "payloadStorage": payload.kind,
+                    "operation": request.operation.value,
+                    "resourceType": request.resource_type,
+                    "baseVersion": request.base_version,
+                    "dryRun": request.dry_run,
+                },
+                actor=principal.app_id,
+            )
+            try:
+                record = self.journal.open(record, accepted)
+            except AlreadyExistsError:
+                record = self.journal.load(change_id, fresh=True)
+        if record.resource_id:
+            self.journal.store.index_resource(
+                ResourceChange(
+                    target=record.target,
+                    resource_type=record.resource_type,
+                    resource_id=record.resource_id,
+                    change_id=change_id,
+                    at=record.submitted_at,
+                )
+            )
+        try:
+            self.publisher.publish(ChangeMessage(change_id=change_id, target=record.target, traceparent=traceparent))
+        except WritebackError as exc:
+            # Accepted all the same: the record is stored, and the sweeper publishes what was not enqueued.
+            log.warning("publishing change %s failed (%s); the sweeper will retry", change_id, exc.code)
+            return record
+        return self.mark_enqueued(record)
+
+    def mark_enqueued(self, record: ChangeRecord) -> ChangeRecord:
+        try:
+            return self.journal.record(record, [Step("enqueued", {"messageId": record.change_id})], enqueued=True)
+        except ConcurrencyError:
+            # The orchestration got there first, which proves the message was delivered.
+            return self.journal.load(record.change_id, fresh=True)

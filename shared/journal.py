@@ -1,0 +1,109 @@
+"""The change journal: a change's record and its append-only lineage, one Table transaction per transition.
+
+It keeps the last record it wrote or read per change in a small per-process cache (with its ETag), so the
+steps of one change running in one process do not read the record again before each write. A stale cached
+record is harmless: the write carries its ETag, fails with ``ConcurrencyError``, and the step reloads.
+Lineage details must never hold PHI: element paths, hashes, versions, actors and outcomes only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.errors import ConcurrencyError, NotFoundError
+from shared.models import ChangeRecord, ChangeStatus, LineageEvent
+from shared.ports import ChangeStore
+
+GATEWAY_ACTOR = "gateway"
+CACHE_SIZE = 4096
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One lineage event to record: what happened, in which state, by whom, with which (PHI-free) details."""
+
+    event: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+    status: ChangeStatus | None = None
+    actor: str = GATEWAY_ACTOR
+
+
+class ChangeJournal:
+    def __init__(self, store: ChangeStore, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self._clock = clock
+        self._cache: OrderedDict[str, ChangeRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _remember(self, record: ChangeRecord) -> ChangeRecord:
+        with self._lock:
+            self._cache[record.change_id] = record
+            self._cache.move_to_end(record.change_id)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return record.model_copy()
+
+    def forget(self, change_id: str) -> None:
+        with self._lock:
+            self._cache.pop(change_id, None)
+
+    def load(self, change_id: str, *, fresh: bool = False) -> ChangeRecord:
+        """The record (from the cache unless ``fresh``); NotFoundError when there is none."""
+        if not fresh:
+            with self._lock:
+                cached = self._cache.get(change_id)
+            if cached is not None:
+                return cached.model_copy()
+        record = self.store.get(change_id)
+        if record is None:
+            self.forget(change_id)
+            raise NotFoundError(f"change {change_id} not found")
+        return self._remember(record)
+
+    def open(self, record: ChangeRecord, step: Step) -> ChangeRecord:
+        """Store a new record and its first lineage event together."""
+        first = self._event(record, 1, step, record.status)
+        created = self.store.create(record.model_copy(update={"sequence": 1}), first)
+        return self._remember(created)
+
+    def record(
+        self, record: ChangeRecord, steps: Sequence[Step], *, status: ChangeStatus | None = None, **updates: Any
+    ) -> ChangeRecord:
+        """Move the record (optionally to ``status``, with field ``updates``) and append ``steps``, atomically."""
+        new_status = status or record.status
+        now = self._clock()
+        events = [
+            self._event(record, record.sequence + i + 1, step, step.status or new_status, now)
+            for i, step in enumerate(steps)
+        ]
+        moved = record.model_copy(
+            update={"status": new_status, "updated_at": now, "sequence": record.sequence + len(events), **updates}
+        )
+        try:
+            written = self.store.transition(moved, *events)
+        except ConcurrencyError:
+            self.forget(record.change_id)
+            raise
+        return self._remember(written)
+
+    def _event(
+        self, record: ChangeRecord, sequence: int, step: Step, status: ChangeStatus, at: datetime | None = None
+    ) -> LineageEvent:
+        return LineageEvent(
+            change_id=record.change_id,
+            sequence=sequence,
+            event=step.event,
+            status=status,
+            at=at or self._clock(),
+            actor=step.actor,
+            details=dict(step.details),
+        )

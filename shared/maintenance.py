@@ -1,0 +1,36 @@
+"""Housekeeping: expired idempotency keys, and the outbox sweeper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared.errors import WritebackError
+from shared.intake import IntakeService
+from shared.journal import utcnow
+from shared.models import ChangeMessage, ChangeStatus
+from shared.ports import IdempotencyStore
+
+
+def purge_idempotency_keys(store: IdempotencyStore) -> int:
+    return store.purge_expired(utcnow())
+
+
+def sweep_unpublished(intake: IntakeService, *, older_than_seconds: int, max_changes: int = 500) -> int:
+    """Publish (again) changes still accepted and not enqueued after a while; MessageId dedupe makes it safe."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    published, token = 0, None
+    while published < max_changes:
+        page = intake.journal.store.query(status=ChangeStatus.ACCEPTED, page_size=100, continuation_token=token)
+        for record in page.items:
+            if record.enqueued or record.updated_at > cutoff:
+                continue
+            try:
+                intake.publisher.publish(ChangeMessage(change_id=record.change_id, target=record.target))
+            except WritebackError:
+                return published
+            intake.mark_enqueued(record)
+            published += 1
+        token = page.continuation_token
+        if token is None:
+            break
+    return published

@@ -1,0 +1,355 @@
+"""The steps of the write-back pipeline that the orchestrator's activities run.
+
+- ``prepare``: load the request, read the current version at the target (and the base version when the caller
+  read an older one), plan the diff, take the policy decision, and move the change to ``writing``,
+  ``awaiting_approval``, ``planned`` (dry run), ``completed`` (nothing to change), ``rejected`` or ``conflict``.
+- ``write``: the version-checked write with its Provenance, the read-back check, then ``completed``.
+- ``expire`` / ``fail``: the ends of the unhappy paths.
+
+Every step is safe to run again (activities run at least once): a step that finds the change past the state it
+handles returns what happened, and a write repeated after success recognises its own change tag. Each step ends
+with ONE journal transition (record and its lineage events together). Step results carry ids and states only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.api_responses import problem_body
+from shared.errors import (
+    AuthError,
+    ConcurrencyError,
+    ConflictError,
+    FhirValidationError,
+    ForbiddenError,
+    Issue,
+    NotFoundError,
+    PermanentError,
+    RequestError,
+    WritebackError,
+)
+from shared.journal import ChangeJournal, Step, utcnow
+from shared.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, ResourceChange
+from shared.planning import PatchApplyError, Plan, PlanConflictError, plan_change
+from shared.policy import Policy
+from shared.ports import FhirClient, PayloadStore
+from shared.targets import TargetConfig, TargetRegistry
+from shared.writeback import FhirWriter, verify
+
+StepResult = dict[str, Any]
+
+
+class PolicyDeniedError(ForbiddenError):
+    code = "policy-denied"
+    title = "Denied by the field-ownership policy"
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def outcome(record: ChangeRecord) -> StepResult:
+    return {"changeId": record.change_id, "status": record.status.value}
+
+
+class ChangePipeline:
+    def __init__(
+        self,
+        *,
+        journal: ChangeJournal,
+        payloads: PayloadStore,
+        targets: TargetRegistry,
+        policy: Policy,
+        fhir: Callable[[TargetConfig], FhirClient],
+        approval_timeout: timedelta = timedelta(hours=72),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.journal = journal
+        self.payloads = payloads
+        self.targets = targets
+        self.policy = policy
+        self.fhir = fhir
+        self.approval_timeout = approval_timeout
+        self._clock = clock
+
+    # --- shared plumbing ---------------------------------------------------------------------------------------
+
+    def _run(self, change_id: str, step: Callable[[ChangeRecord], StepResult]) -> StepResult:
+        """Run a step on the cached record; if it went stale, once more on a fresh one."""
+        try:
+            return step(self.journal.load(change_id))
+        except ConcurrencyError:
+            return step(self.journal.load(change_id, fresh=True))
+
+    def _request(self, record: ChangeRecord) -> ChangeRequest:
+        return ChangeRequest.model_validate_json(self.payloads.get(record.payload))
+
+    def _target(self, record: ChangeRecord) -> TargetConfig:
+        target = self.targets.get(record.target)
+        if target is None:
+            raise PermanentError(detail=f"target {record.target!r} is no longer configured")
+        return target
+
+    def _end(
+        self, record: ChangeRecord, status: ChangeStatus, steps: list[Step], error: WritebackError, **updates: Any
+    ) -> StepResult:
+        steps = [*steps, Step(status.value, {"code": error.code, "issues": [i.path for i in error.issues]})]
+        done = self.journal.record(record, steps, status=status, error=problem_body(error), **updates)
+        return outcome(done)
+
+    # --- prepare ---------------------------------------------------------------------------------------------
+
+    def prepare(self, change_id: str) -> StepResult:
+        return self._run(change_id, self._prepare)
+
+    def _prepare(self, record: ChangeRecord) -> StepResult:
+        if record.status is not ChangeStatus.ACCEPTED:
+            return outcome(record)
+        request = self._request(record)
+        steps = [Step("validating", {"operation": record.operation.value}, status=ChangeStatus.VALIDATING)]
+        try:
+            target = self._target(record)
+            client = self.fhir(target)
+            current, current_version, base = self._read(client, target, request)
+            plan = plan_change(request, current=current, current_version=current_version, base=base)
+        except PlanConflictError as exc:
+            conflict = {"ours": exc.ours, "theirs": exc.theirs, "overlap": exc.overlap}
+            return self._end(record, ChangeStatus.CONFLICT, steps, exc, enqueued=True, plan={"conflict": conflict})
+        except (PatchApplyError, FhirValidationError, RequestError) as exc:
+            return self._end(record, ChangeStatus.REJECTED, steps, exc, enqueued=True)
+        except (PermanentError, AuthError) as exc:
+            return self._end(record, ChangeStatus.FAILED, steps, exc, enqueued=True)
+
+        source = self.policy.source_for_app(record.requested_by.app_id)
+        decision = self.policy.decide(
+            source=source,
+            target=record.target,
+            resource_type=record.resource_type,
+            operation=record.operation.value,
+            changed_paths=plan.changed_paths,
+            proposed=plan.proposed,
+            base_version_given=request.base_version is not None,
+        )
+        reasons = [{"path": r.path, "rule": r.rule} for r in decision.reasons]
+        plan_body: dict[str, Any] = {
+            "baseVersion": request.base_version,
+            "currentVersion": current_version,
+            "changedPaths": plan.changed_paths,
+            "diff": plan.diff,
+            "merged": plan.merged,
+            "downstreamPaths": plan.downstream_paths,
+            "decision": decision.decision,
+            "reasons": decision.to_wire()["reasons"],
+            "policyVersion": decision.policy_version,
+            "source": source,
+        }
+        steps += [
+            Step(
+                "planned",
+                {
+                    "baseVersion": request.base_version,
+                    "currentVersion": current_version,
+                    "changedPaths": plan.changed_paths,
+                    "diffHash": _hash(plan.diff),
+                    "merged": plan.merged,
+                    "downstreamPaths": plan.downstream_paths,
+                },
+                status=ChangeStatus.VALIDATING,
+            ),
+            Step(
+                "decided",
+                {
+                    "decision": decision.decision,
+                    "reasons": reasons,
+                    "policyVersion": decision.policy_version,
+                    "source": source,
+                },
+                status=ChangeStatus.VALIDATING,
+            ),
+        ]
+        if decision.decision == "deny":
+            denied = [r for r in decision.reasons if r.rule == "deny"]
+            error = PolicyDeniedError(
+                "The policy does not let this source change these elements",
+                issues=[Issue(r.path, "denied", r.message) for r in denied],
+            )
+            return self._end(record, ChangeStatus.REJECTED, steps, error, enqueued=True, plan=plan_body)
+        if plan.is_noop:
+            status = ChangeStatus.PLANNED if request.dry_run else ChangeStatus.COMPLETED
+            result = {"versionId": current_version, "noChange": True, "verified": True}
+            done = self.journal.record(
+                record,
+                [*steps, Step(status.value, {"noChange": True})],
+                status=status,
+                plan=plan_body,
+                result=result,
+                enqueued=True,
+            )
+            return outcome(done)
+        if request.dry_run:
+            done = self.journal.record(
+                record,
+                [*steps, Step("planned", {"dryRun": True})],
+                status=ChangeStatus.PLANNED,
+                plan=plan_body,
+                enqueued=True,
+            )
+            return outcome(done)
+        proposed_ref = self.payloads.put(
+            record.change_id, json.dumps(plan.proposed, separators=(",", ":")).encode("utf-8"), name="proposed"
+        )
+        plan_body["proposed"] = proposed_ref.to_wire()
+        if decision.decision == "approve":
+            expires = self._clock() + self.approval_timeout
+            approval = {"required": True, "expiresAt": expires.isoformat()}
+            done = self.journal.record(
+                record,
+                [*steps, Step("awaiting_approval", {"expiresAt": expires.isoformat()})],
+                status=ChangeStatus.AWAITING_APPROVAL,
+                plan=plan_body,
+                approval=approval,
+                enqueued=True,
+            )
+            return {**outcome(done), "expiresAt": expires.isoformat()}
+        done = self.journal.record(
+            record, [*steps, Step("writing", {})], status=ChangeStatus.WRITING, plan=plan_body, enqueued=True
+        )
+        return outcome(done)
+
+    def _read(
+        self, client: FhirClient, target: TargetConfig, request: ChangeRequest
+    ) -> tuple[dict[str, Any] | None, str | None, dict[str, Any] | None]:
+        if request.operation is Operation.CREATE:
+            return None, None, None
+        resource_id = request.resource_id
+        assert resource_id is not None
+        try:
+            current = client.read(request.resource_type, resource_id)
+        except NotFoundError:
+            raise RequestError(
+                f"{request.resource_type}/{resource_id} does not exist at the target",
+                issues=[
+                    Issue("/resourceRef" if request.resource_ref else "/resource/id", "not-found", "no such resource")
+                ],
+            ) from None
+        base = None
+        if request.base_version and request.base_version != current.version_id and target.capabilities.vread:
+            try:
+                base = client.vread(request.resource_type, resource_id, request.base_version).resource
+            except NotFoundError:
+                base = None
+        return current.resource, current.version_id, base
+
+    # --- write -----------------------------------------------------------------------------------------------
+
+    def write(self, change_id: str) -> StepResult:
+        return self._run(change_id, self._write)
+
+    def _plan_of(self, record: ChangeRecord) -> Plan:
+        body = record.plan or {}
+        proposed = json.loads(self.payloads.get(PayloadRef.model_validate(body["proposed"])))
+        return Plan(
+            operation=record.operation,
+            resource_type=record.resource_type,
+            resource_id=record.resource_id,
+            base_version=body.get("baseVersion"),
+            current_version=body.get("currentVersion"),
+            proposed=proposed,
+            diff=body.get("diff") or [],
+            changed_paths=body.get("changedPaths") or [],
+            merged=bool(body.get("merged")),
+            downstream_paths=body.get("downstreamPaths") or [],
+        )
+
+    def _write(self, record: ChangeRecord) -> StepResult:
+        if record.status is not ChangeStatus.WRITING:
+            return outcome(record)
+        request = self._request(record)
+        plan = self._plan_of(record)
+        target = self._target(record)
+        writer = FhirWriter(self.fhir(target), target)
+        source = (record.plan or {}).get("source") or record.requested_by.app_id
+        try:
+            written = writer.write(
+                record,
+                plan,
+                source=source,
+                recorded=self._clock(),
+                reason=request.reason,
+                approver=(record.approval or {}).get("decidedBy"),
+                patch_ops=[op.to_wire() for op in request.patch] if request.patch else None,
+            )
+        except ConflictError as exc:
+            return self._end(record, ChangeStatus.CONFLICT, [], exc)
+        except (PermanentError, AuthError, NotFoundError) as exc:
+            return self._end(record, ChangeStatus.FAILED, [], exc)
+        drift = verify(plan.proposed, written.written, plan.changed_paths) if written.written else []
+        verified = written.written is not None and not drift
+        steps = [
+            Step(
+                "written",
+                {
+                    "versionId": written.version_id,
+                    "resourceId": written.resource_id,
+                    "alreadyApplied": written.already_applied,
+                    "ifMatch": plan.current_version,
+                },
+                status=ChangeStatus.WRITING,
+            ),
+            Step("verified", {"verified": verified, "driftPaths": drift}, status=ChangeStatus.VERIFYING),
+        ]
+        if drift:
+            steps.append(Step("drift", {"paths": drift}, status=ChangeStatus.VERIFYING))
+        if written.provenance:
+            steps.append(Step("provenance", {"reference": written.provenance, "mode": target.provenance}))
+        steps.append(Step("completed", {}))
+        resource_id = record.resource_id or written.resource_id
+        if record.operation is Operation.CREATE and resource_id:
+            self.journal.store.index_resource(
+                ResourceChange(
+                    target=record.target,
+                    resource_type=record.resource_type,
+                    resource_id=resource_id,
+                    change_id=record.change_id,
+                    at=record.submitted_at,
+                )
+            )
+        result = {
+            "versionId": written.version_id,
+            "location": written.location,
+            "resourceRef": f"{record.resource_type}/{resource_id}" if resource_id else None,
+            "provenance": written.provenance,
+            "verified": verified,
+            "noChange": False,
+        }
+        done = self.journal.record(record, steps, status=ChangeStatus.COMPLETED, result=result, resource_id=resource_id)
+        return outcome(done)
+
+    # --- unhappy ends ----------------------------------------------------------------------------------------
+
+    def expire(self, change_id: str) -> StepResult:
+        def step(record: ChangeRecord) -> StepResult:
+            if record.status is not ChangeStatus.AWAITING_APPROVAL:
+                return outcome(record)
+            approval = {**(record.approval or {}), "decision": "expired"}
+            done = self.journal.record(record, [Step("expired", {})], status=ChangeStatus.EXPIRED, approval=approval)
+            return outcome(done)
+
+        return self._run(change_id, step)
+
+    def fail(self, change_id: str, detail: str) -> StepResult:
+        def step(record: ChangeRecord) -> StepResult:
+            if record.status.is_terminal:
+                return outcome(record)
+            error = PermanentError(detail=detail or "the change could not be written")
+            error_body = {**problem_body(error), "title": "Retries exhausted"}
+            done = self.journal.record(
+                record, [Step("failed", {"code": "retries-exhausted"})], status=ChangeStatus.FAILED, error=error_body
+            )
+            return outcome(done)
+
+        return self._run(change_id, step)

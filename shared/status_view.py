@@ -1,0 +1,67 @@
+"""The status resource of a change (DESIGN.md §4), as callers and Logic Apps' async polling see it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.models import ChangeRecord, LineageEvent
+
+API_PREFIX = "/api/v1"
+RETRY_AFTER_SECONDS = 2
+
+
+def change_links(base_url: str, change_id: str) -> dict[str, str]:
+    root = f"{base_url.rstrip('/')}{API_PREFIX}/changes/{change_id}"
+    return {"self": root, "approval": f"{root}/approval", "lineage": f"{root}/lineage"}
+
+
+def status_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "changeId": record.change_id,
+        "status": record.status.value,
+        "target": record.target,
+        "operation": record.operation.value,
+        "resourceType": record.resource_type,
+        "resourceRef": record.resource_ref,
+        "requestedBy": {"app": record.requested_by.app_id, "user": record.requested_by.user_id},
+        "submittedAt": record.submitted_at.isoformat(),
+        "updatedAt": record.updated_at.isoformat(),
+        "dryRun": record.dry_run,
+        "plan": record.plan,
+        "approval": record.approval,
+        "result": record.result,
+        "error": record.error,
+        "links": change_links(base_url, record.change_id),
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def accepted_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:
+    """The 202 answer to a submission: the same for the first answer and every replay of it."""
+    return {
+        "changeId": record.change_id,
+        "status": "accepted",
+        "target": record.target,
+        "operation": record.operation.value,
+        "resourceType": record.resource_type,
+        "resourceRef": record.resource_ref,
+        "submittedAt": record.submitted_at.isoformat(),
+        "links": change_links(base_url, record.change_id),
+    }
+
+
+def lineage_body(change_id: str, events: list[LineageEvent]) -> dict[str, Any]:
+    return {
+        "changeId": change_id,
+        "events": [
+            {
+                "sequence": e.sequence,
+                "event": e.event,
+                "status": e.status.value,
+                "at": e.at.isoformat(),
+                "actor": e.actor,
+                "details": e.details,
+            }
+            for e in events
+        ],
+    }

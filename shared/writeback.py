@@ -1,0 +1,377 @@
+"""The write to the target: version-checked, idempotent, attributable, with its Provenance, then verified.
+
+- Every written resource carries two ``meta.tag`` codings: the change id and the source system, so a retry can
+  tell "already written" from "someone else wrote", and an inbound sync can skip the gateway's own echoes.
+- Update and patch carry ``If-Match`` with the version the plan read; create carries ``If-None-Exist`` on the change
+  tag, so a repeated create returns the first one.
+- Provenance: ``transaction`` sends the resource and its Provenance in one transaction Bundle (atomic; the target
+  reference is unversioned because the version is assigned in the same transaction); ``after`` writes, then posts a
+  Provenance naming the new version; ``none`` writes only.
+- A write repeated after it succeeded (the activity ran twice) meets 412 or the existing create; the writer then
+  reads the resource, finds its own change tag, and reports the write as done instead of failing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.adapters.fhir_http import parse_etag
+from shared.errors import ConflictError, PermanentError
+from shared.models import ChangeRecord, Operation
+from shared.planning import Plan
+from shared.ports import FhirClient, FhirResponse
+from shared.targets import TargetConfig
+
+CHANGE_TAG_SYSTEM = "urn:writeback:change"
+SOURCE_TAG_SYSTEM = "urn:writeback:source"
+APP_IDENTIFIER_SYSTEM = "urn:writeback:app"
+USER_IDENTIFIER_SYSTEM = "urn:writeback:user"
+PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+GATEWAY_ROLE_SYSTEM = "urn:writeback:agent-role"
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    version_id: str | None
+    location: str | None
+    resource_id: str | None
+    written: dict[str, Any] | None
+    provenance: str | None
+    already_applied: bool
+    downstream_calls: int
+
+
+def change_tag(change_id: str) -> dict[str, str]:
+    return {"system": CHANGE_TAG_SYSTEM, "code": change_id}
+
+
+def with_tags(resource: dict[str, Any], change_id: str, source: str) -> dict[str, Any]:
+    tagged = copy.deepcopy(resource)
+    meta = dict(tagged.get("meta") or {})
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+    tags = [t for t in meta.get("tag", []) if t.get("system") not in (CHANGE_TAG_SYSTEM, SOURCE_TAG_SYSTEM)]
+    tags += [change_tag(change_id), {"system": SOURCE_TAG_SYSTEM, "code": source}]
+    meta["tag"] = tags
+    tagged["meta"] = meta
+    return tagged
+
+
+def has_change_tag(resource: dict[str, Any] | None, change_id: str) -> bool:
+    tags = ((resource or {}).get("meta") or {}).get("tag") or []
+    return any(t.get("system") == CHANGE_TAG_SYSTEM and t.get("code") == change_id for t in tags)
+
+
+def build_provenance(
+    record: ChangeRecord,
+    *,
+    target_ref: str,
+    recorded: datetime,
+    reason: str | None,
+    approver: str | None = None,
+) -> dict[str, Any]:
+    principal = record.requested_by
+    agents: list[dict[str, Any]] = [
+        {
+            "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author"}]},
+            "who": {
+                "identifier": {"system": APP_IDENTIFIER_SYSTEM, "value": principal.app_id},
+                "display": principal.app_id,
+            },
+        }
+    ]
+    if principal.user_id:
+        agents.append(
+            {
+                "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "enterer"}]},
+                "who": {
+                    "identifier": {"system": USER_IDENTIFIER_SYSTEM, "value": principal.user_id},
+                    **({"display": principal.display_name} if principal.display_name else {}),
+                },
+            }
+        )
+    if approver:
+        agents.append(
+            {
+                "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "verifier"}]},
+                "who": {"identifier": {"system": USER_IDENTIFIER_SYSTEM, "value": approver}},
+            }
+        )
+    agents.append(
+        {
+            "type": {"coding": [{"system": GATEWAY_ROLE_SYSTEM, "code": "transmitter"}], "text": "transmitter"},
+            "who": {
+                "identifier": {"system": APP_IDENTIFIER_SYSTEM, "value": "writeback-gateway"},
+                "display": "FHIR write-back gateway",
+            },
+        }
+    )
+    provenance: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "meta": {"tag": [change_tag(record.change_id)]},
+        "target": [{"reference": target_ref}],
+        "recorded": recorded.isoformat(),
+        "activity": {
+            "coding": [
+                {"system": DATA_OPERATION, "code": "CREATE" if record.operation is Operation.CREATE else "UPDATE"}
+            ]
+        },
+        "agent": agents,
+    }
+    if reason:
+        provenance["reason"] = [{"text": reason}]
+    return provenance
+
+
+def verify(proposed: dict[str, Any], written: dict[str, Any], changed_paths: Sequence[str]) -> list[str]:
+    """The changed element paths whose written value differs from the planned one (drift)."""
+    drift = []
+    for path in changed_paths:
+        element = path.split(".", 1)[1] if "." in path else path
+        if json.dumps(_element(proposed, element), sort_keys=True) != json.dumps(
+            _element(written, element), sort_keys=True
+        ):
+            drift.append(path)
+    return drift
+
+
+def _element(resource: dict[str, Any], element: str) -> Any:
+    """An element's value; for a choice element ``value[x]`` every ``valueQuantity``-like key."""
+    if not element.endswith("[x]"):
+        return resource.get(element)
+    prefix = element[:-3]
+    return {k: v for k, v in resource.items() if k.startswith(prefix) and k[len(prefix) : len(prefix) + 1].isupper()}
+
+
+class FhirWriter:
+    """Writes one planned change to one target."""
+
+    def __init__(self, client: FhirClient, target: TargetConfig) -> None:
+        self.client = client
+        self.target = target
+
+    def write(
+        self,
+        record: ChangeRecord,
+        plan: Plan,
+        *,
+        source: str,
+        recorded: datetime,
+        reason: str | None,
+        approver: str | None = None,
+        patch_ops: Sequence[dict[str, Any]] | None = None,
+    ) -> WriteOutcome:
+        resource = with_tags(plan.proposed, record.change_id, source)
+        if record.operation is not Operation.CREATE:
+            resource["id"] = plan.resource_id
+        mode = self.target.provenance
+        if mode == "transaction" and self.target.capabilities.transactions:
+            return self._transaction(record, plan, resource, recorded, reason, approver)
+        return self._then_provenance(record, plan, resource, recorded, reason, approver, patch_ops, mode == "none")
+
+    # -- transaction mode -----------------------------------------------------------------------------------
+
+    def _transaction(
+        self,
+        record: ChangeRecord,
+        plan: Plan,
+        resource: dict[str, Any],
+        recorded: datetime,
+        reason: str | None,
+        approver: str | None,
+    ) -> WriteOutcome:
+        rtype = plan.resource_type
+        if record.operation is Operation.CREATE:
+            full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, CHANGE_TAG_SYSTEM + record.change_id)}"
+            request: dict[str, Any] = {"method": "POST", "url": rtype, "ifNoneExist": self._tag_query(record)}
+            target_ref = full_url
+        else:
+            full_url = f"{self.target.base_url}/{rtype}/{plan.resource_id}"
+            request = {"method": "PUT", "url": f"{rtype}/{plan.resource_id}"}
+            if plan.current_version:
+                request["ifMatch"] = f'W/"{plan.current_version}"'
+            target_ref = f"{rtype}/{plan.resource_id}"
+        provenance = build_provenance(
+            record, target_ref=target_ref, recorded=recorded, reason=reason, approver=approver
+        )
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"fullUrl": full_url, "resource": resource, "request": request},
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": provenance,
+                    "request": {"method": "POST", "url": "Provenance", "ifNoneExist": self._tag_query(record)},
+                },
+            ],
+        }
+        try:
+            response = self.client.transaction(bundle)
+        except ConflictError:
+            return self._already_applied(record, plan, calls=1)
+        entries = response.get("entry") or []
+        if len(entries) < 2:
+            raise PermanentError(detail="transaction response has fewer entries than the request")
+        first, second = entries[0], entries[1]
+        written = first.get("resource") if isinstance(first.get("resource"), dict) else None
+        location = (first.get("response") or {}).get("location")
+        version = (
+            parse_etag((first.get("response") or {}).get("etag")) or _version_of(written) or _history_version(location)
+        )
+        calls = 1
+        if written is None:
+            resource_id = _id_from_location(location, rtype) or plan.resource_id
+            got = self.client.read(rtype, resource_id) if resource_id else None
+            written, calls = (got.resource if got else None), calls + 1
+        prov_location = (second.get("response") or {}).get("location")
+        return WriteOutcome(
+            version_id=version,
+            location=location,
+            resource_id=(written or {}).get("id") or _id_from_location(location, rtype) or plan.resource_id,
+            written=written,
+            provenance=_strip_base(prov_location, self.target.base_url),
+            already_applied=False,
+            downstream_calls=calls,
+        )
+
+    # -- write, then Provenance ---------------------------------------------------------------------------
+
+    def _then_provenance(
+        self,
+        record: ChangeRecord,
+        plan: Plan,
+        resource: dict[str, Any],
+        recorded: datetime,
+        reason: str | None,
+        approver: str | None,
+        patch_ops: Sequence[dict[str, Any]] | None,
+        skip_provenance: bool,
+    ) -> WriteOutcome:
+        rtype = plan.resource_type
+        try:
+            response = self._write_resource(record, plan, resource, patch_ops)
+        except ConflictError:
+            return self._already_applied(record, plan, calls=1)
+        calls = 1
+        written = response.resource
+        if written is None:
+            resource_id = _id_from_location(response.location, rtype) or plan.resource_id
+            if resource_id:
+                written = self.client.read(rtype, resource_id).resource
+                calls += 1
+        resource_id = (written or {}).get("id") or _id_from_location(response.location, rtype) or plan.resource_id
+        version = response.version_id or _version_of(written)
+        provenance_ref = None
+        if not skip_provenance:
+            target_ref = f"{rtype}/{resource_id}/_history/{version}" if version else f"{rtype}/{resource_id}"
+            provenance = build_provenance(
+                record, target_ref=target_ref, recorded=recorded, reason=reason, approver=approver
+            )
+            created = self.client.create(provenance, if_none_exist=self._tag_query(record))
+            calls += 1
+            provenance_ref = _provenance_ref(created)
+        return WriteOutcome(
+            version_id=version,
+            location=response.location,
+            resource_id=resource_id,
+            written=written,
+            provenance=provenance_ref,
+            already_applied=False,
+            downstream_calls=calls,
+        )
+
+    def _write_resource(
+        self,
+        record: ChangeRecord,
+        plan: Plan,
+        resource: dict[str, Any],
+        patch_ops: Sequence[dict[str, Any]] | None,
+    ) -> FhirResponse:
+        if record.operation is Operation.CREATE:
+            return self.client.create(resource, if_none_exist=self._tag_query(record))
+        assert plan.resource_id is not None
+        if record.operation is Operation.PATCH and patch_ops is not None and not plan.merged:
+            tags = resource["meta"]["tag"]
+            meta = plan.proposed.get("meta")
+            if meta is None:
+                tag_op: dict[str, Any] = {"op": "add", "path": "/meta", "value": {"tag": tags}}
+            else:
+                tag_op = {"op": "replace" if "tag" in meta else "add", "path": "/meta/tag", "value": tags}
+            return self.client.patch(
+                plan.resource_type, plan.resource_id, [*patch_ops, tag_op], if_match=plan.current_version
+            )
+        return self.client.update(resource, if_match=plan.current_version)
+
+    # -- a repeated write -----------------------------------------------------------------------------------
+
+    def _already_applied(self, record: ChangeRecord, plan: Plan, *, calls: int) -> WriteOutcome:
+        """After a 412: done already if the current version carries this change's tag, else a real conflict."""
+        if plan.resource_id is None:
+            raise ConflictError(detail="create conflicted at the target")
+        current = self.client.read(plan.resource_type, plan.resource_id)
+        calls += 1
+        if not has_change_tag(current.resource, record.change_id):
+            raise ConflictError(detail=f"{plan.resource_type} changed at the target since it was read")
+        provenance = None
+        if self.target.provenance != "none":
+            found = self.client.search("Provenance", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"})
+            calls += 1
+            entries = found.get("entry") or []
+            if entries:
+                prov_id = (entries[0].get("resource") or {}).get("id")
+                provenance = f"Provenance/{prov_id}" if prov_id else None
+        return WriteOutcome(
+            version_id=current.version_id,
+            location=current.location,
+            resource_id=plan.resource_id,
+            written=current.resource,
+            provenance=provenance,
+            already_applied=True,
+            downstream_calls=calls,
+        )
+
+    @staticmethod
+    def _tag_query(record: ChangeRecord) -> str:
+        return f"_tag={CHANGE_TAG_SYSTEM}|{record.change_id}"
+
+
+def _version_of(resource: dict[str, Any] | None) -> str | None:
+    meta = (resource or {}).get("meta") or {}
+    value = meta.get("versionId")
+    return str(value) if value is not None else None
+
+
+def _history_version(location: str | None) -> str | None:
+    if location and "/_history/" in location:
+        return location.rsplit("/_history/", 1)[1].split("/")[0] or None
+    return None
+
+
+def _id_from_location(location: str | None, resource_type: str) -> str | None:
+    if not location:
+        return None
+    path = location.split("/_history/")[0].rstrip("/")
+    parts = path.split("/")
+    if len(parts) >= 2 and parts[-2] == resource_type:
+        return parts[-1]
+    return None
+
+
+def _strip_base(location: str | None, base_url: str) -> str | None:
+    if not location:
+        return None
+    ref = location[len(base_url) + 1 :] if location.startswith(base_url + "/") else location
+    return ref.split("/_history/")[0]
+
+
+def _provenance_ref(response: FhirResponse) -> str | None:
+    prov_id = (response.resource or {}).get("id") or _id_from_location(response.location, "Provenance")
+    return f"Provenance/{prov_id}" if prov_id else None

@@ -1,0 +1,168 @@
+"""The gateway itself, run by the local runtime as a separate process against the real local services."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.caller_identity import encode_easyauth_principal
+from tools.services.endpoints import gateway_environment
+from tools.services.process import REPO_ROOT, free_port
+
+SUBMIT = ["Writeback.Submit"]
+AUDIT = ["Writeback.Audit"]
+TERMINAL = {"completed", "planned", "rejected", "conflict", "failed", "expired", "cancelled"}
+
+
+@dataclass
+class Gateway:
+    base: str
+    log_path: Path
+    fhir_base: str
+    fhir_token: str
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def api(self) -> str:
+        return f"{self.base}/api/v1"
+
+    def headers(self, app: str = "crm", roles: list[str] | None = None, user: str | None = "user-1") -> dict[str, str]:
+        principal = encode_easyauth_principal(
+            app, roles if roles is not None else SUBMIT, user_id=user, name="Test User"
+        )
+        return {"X-MS-CLIENT-PRINCIPAL": principal}
+
+    def submit(
+        self, body: dict[str, Any] | bytes, *, key: str | None = None, app: str = "crm", **kw: Any
+    ) -> httpx.Response:
+        headers = self.headers(app, **kw)
+        if key is not False:
+            headers["Idempotency-Key"] = key or str(uuid.uuid4())
+        content = body if isinstance(body, bytes) else httpx.Request("POST", "/", json=body).content
+        headers["Content-Type"] = "application/json"
+        return httpx.post(f"{self.api}/changes", content=content, headers=headers, timeout=30)
+
+    def status(self, change_id: str, app: str = "crm") -> httpx.Response:
+        return httpx.get(f"{self.api}/changes/{change_id}", headers=self.headers(app, AUDIT), timeout=30)
+
+    def wait(self, change_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            resp = self.status(change_id)
+            body: dict[str, Any] = resp.json()
+            if resp.status_code == 200:
+                assert body["status"] in TERMINAL
+                return body
+            assert resp.status_code == 202, resp.text
+            assert resp.headers["Retry-After"] and resp.headers["Location"].endswith(change_id)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"change {change_id} still {body['status']}")
+            time.sleep(0.05)
+
+    def lineage(self, change_id: str) -> list[dict[str, Any]]:
+        resp = httpx.get(f"{self.api}/changes/{change_id}/lineage", headers=self.headers("crm", AUDIT), timeout=30)
+        assert resp.status_code == 200, resp.text
+        events: list[dict[str, Any]] = resp.json()["events"]
+        return events
+
+    def fhir(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.fhir_base}/{path}", headers={"Authorization": f"Bearer {self.fhir_token}"}, timeout=10)
+
+    def fhir_put(self, resource: dict[str, Any]) -> httpx.Response:
+        return httpx.put(
+            f"{self.fhir_base}/{resource['resourceType']}/{resource['id']}",
+            json=resource,
+            headers={"Authorization": f"Bearer {self.fhir_token}", "Content-Type": "application/fhir+json"},
+            timeout=10,
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    state = tmp_path_factory.mktemp("gateway")
+    port = free_port()
+    env = {
+        **os.environ,
+        **gateway_environment(
+            {
+                "storageConnectionString": azurite.connection_string,
+                "identityEndpoint": token_endpoint.url,
+                "identityHeader": token_endpoint.identity_header,
+                "fhir": {"local-ehr": fhir_server.base_url},
+            }
+        ),
+        "WRITEBACK_TABLE_PREFIX": "e2e" + uuid.uuid4().hex[:8],
+        "WRITEBACK_SWEEP_AFTER_SECONDS": "5",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    env.pop("IDENTITY_SERVER_THUMBPRINT", None)
+    log_path = state / "gateway.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devhost",
+            "--app-dir",
+            str(REPO_ROOT),
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state),
+            "--log-level",
+            "INFO",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    gw = Gateway(f"http://127.0.0.1:{port}", log_path, fhir_server.base_url, fhir_token, proc)
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, gw.log_text()
+        try:
+            if httpx.get(f"{gw.api}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, gw.log_text()
+        time.sleep(0.1)
+    yield gw
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def patient(gateway: Gateway) -> dict[str, Any]:
+    """A fresh Patient at the target (a new id per test), as the target stored it."""
+    resource = {
+        "resourceType": "Patient",
+        "id": f"p-{uuid.uuid4().hex[:12]}",
+        "name": [{"family": "Tester", "given": ["Pat"]}],
+        "gender": "female",
+        "birthDate": "1980-01-01",
+        "telecom": [{"system": "phone", "value": "555-0000", "use": "home"}],
+    }
+    resp = gateway.fhir_put(resource)
+    assert resp.status_code in (200, 201), resp.text
+    stored: dict[str, Any] = resp.json()
+    return stored

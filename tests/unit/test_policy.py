@@ -1,0 +1,397 @@
+"""Field-ownership policy: loading and validating the YAML file, and the decisions it gives."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.policy import Policy, PolicyDecision
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "config" / "policy.yaml"
+VITALS = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+@pytest.fixture(scope="module")
+def demo() -> Policy:
+    return Policy.from_file(DEMO)
+
+
+def observation(category: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": VITALS, "code": category}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "valueQuantity": {"value": 72, "unit": "/min"},
+    }
+
+
+def crm(policy: Policy, *paths: str, operation: str = "update", base_version: bool = True) -> PolicyDecision:
+    return policy.decide(
+        source="crm",
+        target="local-ehr",
+        resource_type="Patient",
+        operation=operation,
+        changed_paths=list(paths),
+        proposed=None,
+        base_version_given=base_version,
+    )
+
+
+def vitals(policy: Policy, proposed: dict[str, Any] | None) -> PolicyDecision:
+    return policy.decide(
+        source="vitals-app",
+        target="local-ehr",
+        resource_type="Observation",
+        operation="create",
+        changed_paths=["Observation.status", "Observation.category", "Observation.code", "Observation.valueQuantity"],
+        proposed=proposed,
+        base_version_given=False,
+    )
+
+
+def policy_text(rules: str, *, resource_type: str = "Observation", operations: str = "[create, update, patch]") -> str:
+    head = (
+        'version: "7"\n'
+        "sources:\n"
+        "  app:\n"
+        "    app_ids: [app]\n"
+        "    targets:\n"
+        "      t:\n"
+        f"        {resource_type}:\n"
+        f"          operations: {operations}\n"
+    )
+    return head + "".join(f"          {line}\n" for line in rules.strip("\n").splitlines())
+
+
+def decide(policy: Policy, *paths: str, resource_type: str = "Observation", **kw: Any) -> PolicyDecision:
+    args: dict[str, Any] = {
+        "source": "app",
+        "target": "t",
+        "resource_type": resource_type,
+        "operation": "update",
+        "changed_paths": list(paths),
+        "proposed": None,
+        "base_version_given": True,
+    }
+    return policy.decide(**(args | kw))
+
+
+# --- the demo policy ------------------------------------------------------------------------------------------------
+
+
+def test_demo_loads_with_versioned_hash(demo: Policy) -> None:
+    digest = hashlib.sha256(DEMO.read_text(encoding="utf-8").encode()).hexdigest()[:8]
+    assert demo.version == f"2026-11-25+{digest}"
+    assert re.fullmatch(r"2026-11-25\+[0-9a-f]{8}", demo.version)
+    assert demo.sources == ["crm", "vitals-app"]
+
+
+def test_app_ids_map_to_sources(demo: Policy) -> None:
+    assert demo.source_for_app("crm") == "crm"
+    assert demo.source_for_app(" CRM ") == "crm"
+    assert demo.source_for_app("vitals-app") == "vitals-app"
+    assert demo.source_for_app("someone-else") is None
+
+
+def test_crm_telecom_is_allowed_with_its_reason(demo: Policy) -> None:
+    decision = crm(demo, "Patient.telecom")
+    assert decision.decision == "allow"
+    assert [(r.path, r.rule, r.code) for r in decision.reasons] == [("Patient.telecom", "allow", "path-rule")]
+    assert decision.source == "crm" and decision.policy_version == demo.version
+
+
+def test_crm_name_needs_approval(demo: Policy) -> None:
+    decision = crm(demo, "Patient.telecom", "Patient.name")
+    assert decision.decision == "approve"
+    assert decision.paths("approve") == ["Patient.name"] and decision.paths("allow") == ["Patient.telecom"]
+
+
+def test_crm_gender_is_denied_by_default_and_named(demo: Policy) -> None:
+    decision = crm(demo, "Patient.telecom", "Patient.gender")
+    assert decision.decision == "deny"
+    denied = [r for r in decision.reasons if r.rule == "deny"]
+    assert [(r.path, r.code) for r in denied] == [("Patient.gender", "default-deny")]
+    assert "Patient.gender" in denied[0].message
+    assert [r.path for r in decision.reasons] == ["Patient.telecom", "Patient.gender"]
+
+
+def test_crm_may_not_create(demo: Policy) -> None:
+    decision = crm(demo, "Patient.telecom", operation="create")
+    assert decision.decision == "deny"
+    assert decision.reasons[0].code == "operation-not-allowed" and "'create'" in decision.reasons[0].message
+
+
+def test_unknown_app_is_denied(demo: Policy) -> None:
+    decision = demo.decide(
+        source=demo.source_for_app("stranger"),
+        target="local-ehr",
+        resource_type="Patient",
+        operation="update",
+        changed_paths=["Patient.telecom"],
+        proposed=None,
+        base_version_given=True,
+    )
+    assert decision.decision == "deny" and decision.source is None
+    assert decision.reasons[0].code == "unknown-source"
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "resource_type", "code"),
+    [
+        ("nobody", "local-ehr", "Patient", "unknown-source"),
+        ("crm", "other-ehr", "Patient", "unknown-target"),
+        ("crm", "local-ehr", "Observation", "unknown-resource-type"),
+    ],
+)
+def test_unknown_source_target_or_type_is_denied_saying_which(
+    demo: Policy, source: str, target: str, resource_type: str, code: str
+) -> None:
+    decision = demo.decide(
+        source=source,
+        target=target,
+        resource_type=resource_type,
+        operation="update",
+        changed_paths=[],
+        proposed=None,
+        base_version_given=True,
+    )
+    assert decision.decision == "deny" and decision.reasons[0].code == code
+
+
+def test_vitals_app_creates_vital_signs(demo: Policy) -> None:
+    decision = vitals(demo, observation("vital-signs"))
+    assert decision.decision == "allow"
+    assert {r.path for r in decision.reasons} == {
+        "Observation.status",
+        "Observation.category",
+        "Observation.code",
+        "Observation.valueQuantity",
+    }
+    assert all("'*'" in r.message for r in decision.reasons)
+
+
+def test_vitals_app_may_not_create_laboratory_results(demo: Policy) -> None:
+    decision = vitals(demo, observation("laboratory"))
+    assert decision.decision == "deny" and decision.reasons[0].code == "condition-not-met"
+    assert "laboratory" not in decision.reasons[0].message
+
+
+def test_condition_without_proposed_resource_denies(demo: Policy) -> None:
+    assert vitals(demo, None).reasons[0].code == "condition-error"
+
+
+def test_condition_does_not_change_the_resource(demo: Policy) -> None:
+    proposed = observation("vital-signs")
+    vitals(demo, proposed)
+    assert proposed == observation("vital-signs")
+
+
+def test_empty_changed_paths_is_allowed(demo: Policy) -> None:
+    decision = crm(demo)
+    assert decision.decision == "allow" and decision.reasons[0].code == "no-change"
+
+
+def test_wire_form_is_camel_case_and_round_trips(demo: Policy) -> None:
+    decision = crm(demo, "Patient.name")
+    wire = decision.to_wire()
+    assert wire["policyVersion"] == demo.version and wire["decision"] == "approve"
+    assert wire["reasons"][0] == {
+        "path": "Patient.name",
+        "rule": "approve",
+        "code": "path-rule",
+        "message": wire["reasons"][0]["message"],
+    }
+    assert PolicyDecision.from_wire(wire) == decision
+
+
+def test_check_targets_names_unknown_targets(demo: Policy) -> None:
+    demo.check_targets({"local-ehr"})
+    line = DEMO.read_text(encoding="utf-8").splitlines().index("      local-ehr:") + 1
+    with pytest.raises(
+        ConfigurationError, match=rf"line {line}: sources\.crm\.targets\.local-ehr: .*not in the targets"
+    ):
+        demo.check_targets({"other"})
+
+
+# --- rules and their precedence ---------------------------------------------------------------------------------
+
+
+def test_require_base_version_on_update_and_patch_only() -> None:
+    policy = Policy.from_text(policy_text("require_base_version: true\npaths:\n  '*': allow"))
+    for operation in ("update", "patch"):
+        decision = decide(policy, "Observation.status", operation=operation, base_version_given=False)
+        assert decision.decision == "deny" and decision.reasons[0].code == "base-version-required"
+        assert decide(policy, "Observation.status", operation=operation).decision == "allow"
+    assert decide(policy, "Observation.status", operation="create", base_version_given=False).decision == "allow"
+
+
+def test_most_specific_rule_wins() -> None:
+    policy = Policy.from_text(
+        policy_text(
+            """
+paths:
+  Observation.valueQuantity: allow
+  Observation.value[x]: approve
+  Observation.identifier: deny
+  "*": allow
+"""
+        )
+    )
+
+    def rule(path: str) -> tuple[str, str]:
+        reason = decide(policy, path).reasons[0]
+        return reason.path, reason.rule
+
+    assert rule("Observation.valueQuantity") == ("Observation.valueQuantity", "allow")
+    assert rule("Observation.valueString") == ("Observation.valueString", "approve")
+    assert rule("Observation.value[x]") == ("Observation.value[x]", "approve")
+    assert rule("Observation.value") == ("Observation.value[x]", "approve")
+    assert rule("Observation.identifier") == ("Observation.identifier", "deny")
+    assert rule("Observation.status") == ("Observation.status", "allow")
+
+
+def test_nested_paths_count_once_for_their_element(demo: Policy) -> None:
+    decision = crm(demo, "Patient.telecom[0].value", "Patient.telecom[1]", "Patient.address[0].line[1]")
+    assert [r.path for r in decision.reasons] == ["Patient.telecom", "Patient.address"]
+    assert decision.decision == "allow"
+
+
+@pytest.mark.parametrize("path", ["Observation.code", "telecom", "/telecom/0", "Patient.tele-com", ""])
+def test_paths_of_another_type_or_shape_are_denied(demo: Policy, path: str) -> None:
+    decision = crm(demo, "Patient.telecom", path)
+    assert decision.decision == "deny"
+    assert decision.reasons[-1].code == "invalid-path"
+
+
+def test_any_deny_beats_approve() -> None:
+    policy = Policy.from_text(policy_text("paths:\n  Observation.status: approve\n  Observation.note: deny"))
+    assert decide(policy, "Observation.status", "Observation.note").decision == "deny"
+    assert decide(policy, "Observation.status").decision == "approve"
+
+
+def test_condition_that_fails_on_the_data_denies() -> None:
+    policy = Policy.from_text(policy_text("when: \"Observation.code.text.substring('a') = 'b'\"\npaths:\n  '*': allow"))
+    proposed = {"resourceType": "Observation", "status": "final", "code": {"text": "hello"}}
+    decision = decide(policy, "Observation.code", operation="create", proposed=proposed)
+    assert decision.decision == "deny" and decision.reasons[0].code == "condition-error"
+
+
+def test_condition_can_use_resource_variable_and_choice_types() -> None:
+    policy = Policy.from_text(
+        policy_text("when: \"%resource.value.ofType(Quantity).value > 50\"\npaths:\n  '*': allow")
+    )
+    high = {"resourceType": "Observation", "valueQuantity": {"value": 72}}
+    low = {"resourceType": "Observation", "valueQuantity": {"value": 12}}
+    assert decide(policy, "Observation.valueQuantity", proposed=high).decision == "allow"
+    assert decide(policy, "Observation.valueQuantity", proposed=low).decision == "deny"
+
+
+def test_unquoted_date_version_and_app_id_case() -> None:
+    text = policy_text("paths: {}").replace('version: "7"', "version: 2026-01-02").replace("[app]", "[App-1]")
+    policy = Policy.from_text(text)
+    assert policy.version.startswith("2026-01-02+")
+    assert policy.source_for_app("app-1") == "app"
+
+
+# --- invalid files ------------------------------------------------------------------------------------------------
+
+
+OBS = "sources.app.targets.t.Observation"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "says"),
+    [
+        (policy_text("paths:\n  Observation.status: maybe"), 10, f'{OBS}.paths\\["Observation.status"\\]', "'allow'"),
+        (policy_text("paths: {}", operations="[create, upsert]"), 8, f"{OBS}.operations\\[1\\]", "'create'"),
+        (policy_text("paths:\n  status: allow"), 10, f"{OBS}.paths.status", "not a rule path"),
+        (policy_text("paths:\n  Observation..code: allow"), 10, f"{OBS}.paths", "not a rule path"),
+        (policy_text("paths:\n  Patient.name: allow"), 10, f'{OBS}.paths\\["Patient.name"\\]', "rules are for Obs"),
+        (policy_text("paths:\n  Observation.stauts: allow"), 10, f"{OBS}.paths", "did you mean 'status'"),
+        (policy_text("paths:\n  Observation.value: allow"), 10, f"{OBS}.paths", "write 'Observation.value\\[x\\]'"),
+        (policy_text("paths:\n  Observation.code[x]: allow"), 10, f"{OBS}.paths", "not a choice element"),
+        (policy_text("paths: {}", resource_type="Patiant"), 7, "sources.app.targets.t.Patiant", "mean 'Patient'"),
+        (policy_text("when: 'Observation.('"), 9, f"{OBS}.when", "FHIRPath syntax error at column 13"),
+        (policy_text("when: 'Observation.code )'"), 9, f"{OBS}.when", "FHIRPath syntax error"),
+        (policy_text("when: 'Observation.code.wher(true)'"), 9, f"{OBS}.when", "'wher\\(\\)' is not known"),
+        (policy_text("when: 'Observation.code.where()'"), 9, f"{OBS}.when", "takes 1 argument"),
+        (policy_text("when: 'Patient.active'"), 9, f"{OBS}.when", "starts from Patient"),
+        (policy_text("require_base_version: 'yes'"), 9, f"{OBS}.require_base_version", "boolean"),
+        (policy_text("colour: red"), 9, f"{OBS}.colour", "not a known field"),
+        (policy_text("paths: {}", operations="[]"), 8, f"{OBS}.operations", "at least 1"),
+        (policy_text("paths:\n  Observation.code: allow\n  Observation.code: deny"), 11, f"{OBS}.paths", "twice"),
+        (
+            'version: "1"\nsources:\n  a:\n    app_ids: [x, y]\n  b:\n    app_ids: [Y]\n',
+            6,
+            r"sources\.b\.app_ids\[0\]",
+            "already used by source 'a'",
+        ),
+        ('version: "1"\nsources:\n  a: [x]\n', 3, r"sources\.a", "must be a mapping"),
+        ('version: "1"\nsources:\n  "a b":\n    app_ids: [x]\n', 3, r'sources\["a b"\]', "must match"),
+        ('version: "1"\nsources: {}\nextra: 1\n', 3, "extra", "not a known field"),
+        ("sources: {}\n", 1, "version", "is required"),
+        ("- version\n- sources\n", 1, r"\(top level\)", "must be a mapping"),
+        ('version: "1"\nsources:\n  a:\n    app_ids: [x\n', 5, "", "YAML syntax error"),
+        ("", 1, "", "empty"),
+    ],
+    ids=[
+        "bad-decision",
+        "unknown-operation",
+        "path-without-type",
+        "bad-path-syntax",
+        "path-type-mismatch",
+        "unknown-element",
+        "choice-without-x",
+        "x-on-non-choice",
+        "unknown-resource-type",
+        "fhirpath-syntax",
+        "fhirpath-trailing-text",
+        "fhirpath-unknown-function",
+        "fhirpath-arity",
+        "fhirpath-other-root",
+        "not-a-boolean",
+        "unknown-field",
+        "no-operations",
+        "duplicate-yaml-key",
+        "duplicate-app-id",
+        "source-not-a-mapping",
+        "bad-source-name",
+        "unknown-top-level-field",
+        "missing-version",
+        "top-level-not-a-mapping",
+        "yaml-syntax-error",
+        "empty-file",
+    ],
+)
+def test_invalid_file_names_field_and_line(text: str, line: int, field: str, says: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Policy.from_text(text, name="policy.yaml")
+    message = str(raised.value)
+    assert message.startswith("policy file policy.yaml: ")
+    assert re.search(rf"line {line}\b[^;]*{field}", message), message
+    assert re.search(says, message), message
+
+
+def test_every_problem_is_reported_with_issues() -> None:
+    text = policy_text("paths:\n  Observation.stauts: allow\n  Patient.name: deny", resource_type="Observation")
+    text += "        Patiant:\n          operations: [update]\n"
+    with pytest.raises(ConfigurationError) as raised:
+        Policy.from_text(text)
+    assert [(i.path, i.message.split(":")[0]) for i in raised.value.issues] == [
+        (f'{OBS}.paths["Observation.stauts"]', "line 10"),
+        (f'{OBS}.paths["Patient.name"]', "line 11"),
+        ("sources.app.targets.t.Patiant", "line 12"),
+    ]
+
+
+def test_unreadable_file_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigurationError, match=re.escape(str(missing))):
+        Policy.from_file(missing)
