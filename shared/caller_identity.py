@@ -229,7 +229,7 @@ def encode_easyauth_principal(
 
 
 class _JwksUnavailableError(Exception):
-    pass
+    """Internal: the JWKS could not be fetched or held no usable key."""
 
 
 def _as_tuple(value: str | Sequence[str], what: str) -> tuple[str, ...]:
@@ -271,7 +271,7 @@ class JwtValidator:
         if not jwks_url:
             raise ConfigurationError(detail="JWT validation needs a JWKS URL")
         if leeway < 0 or min_refresh_interval < 0 or max_key_age <= 0:
-            raise ConfigurationError(detail="JWT leeway and refresh intervals must not be negative")
+            raise ConfigurationError(detail="JWT leeway and refresh interval must be >= 0, max_key_age > 0")
         self._issuers = _as_tuple(issuer, "issuer")
         self._audiences = _as_tuple(audience, "audience")
         self._jwks_url = jwks_url

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from shared.errors import WritebackError
 from shared.intake import IntakeService
@@ -11,13 +11,15 @@ from shared.models import ChangeMessage, ChangeStatus
 from shared.ports import IdempotencyStore
 
 
-def purge_idempotency_keys(store: IdempotencyStore) -> int:
-    return store.purge_expired(utcnow())
+def purge_idempotency_keys(store: IdempotencyStore, now: datetime | None = None) -> int:
+    return store.purge_expired(now or utcnow())
 
 
-def sweep_unpublished(intake: IntakeService, *, older_than_seconds: int, max_changes: int = 500) -> int:
+def sweep_unpublished(
+    intake: IntakeService, *, older_than_seconds: int, max_changes: int = 500, now: datetime | None = None
+) -> int:
     """Publish (again) changes still accepted and not enqueued after a while; MessageId dedupe makes it safe."""
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    cutoff = (now or utcnow()) - timedelta(seconds=older_than_seconds)
     published, token = 0, None
     while published < max_changes:
         page = intake.journal.store.query(status=ChangeStatus.ACCEPTED, page_size=100, continuation_token=token)

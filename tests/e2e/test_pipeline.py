@@ -379,3 +379,20 @@ def test_another_app_cannot_read_a_change(gateway: Gateway, patient: dict[str, A
     change_id = gateway.submit(update_body(patient)).json()["changeId"]
     resp = httpx.get(f"{gateway.api}/changes/{change_id}", headers=gateway.headers("other-app", ["Writeback.Submit"]))
     assert resp.status_code == 404
+
+
+def test_a_message_for_an_unknown_change_is_dead_lettered(gateway: Gateway) -> None:
+    unknown = str(uuid.uuid4())
+    queue = f"{gateway.base}/runtime/servicebus/writeback-changes"
+    message = {"changeId": unknown, "target": "local-ehr", "kind": "change"}
+    assert httpx.post(f"{queue}/messages", json={"body": json.dumps(message), "messageId": unknown}).status_code == 201
+    deadline = time.monotonic() + 20
+    while True:
+        letters = httpx.get(f"{queue}/deadletter").json()
+        mine = [d for d in letters if d["messageId"] == unknown]
+        if mine:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert mine[0]["reason"] == "MaxDeliveryCountExceeded"
+    assert mine[0]["deliveryCount"] == 10

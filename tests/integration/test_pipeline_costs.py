@@ -1,0 +1,121 @@
+"""Per-change costs on the happy path (DESIGN.md §11): Table round trips, downstream calls, activities.
+
+The steps run in-process in the order the orchestration runs them; storage ports are counted at the port (one call
+is one round trip to Table Storage), downstream calls by the real local FHIR server's own request counter.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.adapters.fhir_http import HttpFhirClient
+from shared.adapters.identity import reset_token_providers, token_provider_for
+from shared.caller_identity import ROLE_SUBMIT
+from shared.dispatch import should_start
+from shared.fakes.messages import FakeMessagePublisher
+from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
+from shared.intake import IntakeService
+from shared.journal import ChangeJournal
+from shared.models import ChangeStatus, Principal
+from shared.pipeline import ChangePipeline
+from shared.policy import Policy
+from shared.targets import TargetRegistry
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Counted:
+    """Counts calls to the wrapped port's methods (each is one storage round trip)."""
+
+    def __init__(self, inner: Any, counter: Counter[str], name: str) -> None:
+        self._inner, self._counter, self._name = inner, counter, name
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._inner, attr)
+        if not callable(value):
+            return value
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self._counter[f"{self._name}.{attr}"] += 1
+            return value(*args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.integration
+def test_happy_path_update_costs(
+    fhir: Any, fhir_token: str, token_endpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IDENTITY_ENDPOINT", token_endpoint.url)
+    monkeypatch.setenv("IDENTITY_HEADER", token_endpoint.identity_header)
+    monkeypatch.delenv("IDENTITY_SERVER_THUMBPRINT", raising=False)
+    reset_token_providers()
+    patient = {
+        "resourceType": "Patient",
+        "id": f"cost-{uuid.uuid4().hex[:8]}",
+        "telecom": [{"system": "phone", "value": "1"}],
+    }
+    put = httpx.put(
+        f"{fhir.base_url}/Patient/{patient['id']}",
+        json=patient,
+        headers={"Authorization": f"Bearer {fhir_token}", "Content-Type": "application/fhir+json"},
+    )
+    assert put.status_code == 201
+
+    calls: Counter[str] = Counter()
+    targets = TargetRegistry.from_file(
+        REPO / "config" / "targets.yaml", {"WRITEBACK_TARGET_LOCAL_EHR_BASE_URL": fhir.base_url}
+    )
+    journal = ChangeJournal(Counted(FakeChangeStore(), calls, "changes"))
+    payloads = FakePayloadStore()
+    intake = IntakeService(
+        idempotency=Counted(FakeIdempotencyStore(), calls, "idempotency"),
+        journal=journal,
+        payloads=payloads,
+        publisher=FakeMessagePublisher(),
+        targets=targets,
+        max_body_bytes=1_048_576,
+        retention=timedelta(hours=72),
+    )
+    target = targets.get("local-ehr")
+    assert target is not None
+    client = HttpFhirClient(target, tokens=token_provider_for(target, managed_identity_client_id=None))
+    pipeline = ChangePipeline(
+        journal=journal,
+        payloads=payloads,
+        targets=targets,
+        policy=Policy.from_file(REPO / "config" / "policy.yaml"),
+        fhir=lambda _: client,
+    )
+    body = {
+        "target": "local-ehr",
+        "operation": "update",
+        "resource": {**patient, "telecom": [{"system": "phone", "value": "2"}]},
+    }
+    client.read("Patient", patient["id"])  # warm the token cache: token fetches are not per-change calls
+    httpx.post(f"{fhir.control_url}/stats/reset")
+
+    principal = Principal(app_id="crm", user_id="u1", roles=[ROLE_SUBMIT])
+    accepted = intake.submit(principal, "cost-key", json.dumps(body).encode())
+    change_id = accepted.change.change_id
+    assert should_start(journal, json.dumps({"changeId": change_id, "target": "local-ehr"}).encode()) == change_id
+    activities = [pipeline.prepare(change_id), pipeline.write(change_id)]
+
+    assert activities[-1]["status"] == ChangeStatus.COMPLETED.value
+    downstream = httpx.get(f"{fhir.control_url}/stats").json()["requests"]
+    table_round_trips = sum(calls.values())
+    print(
+        f"\nper change: {table_round_trips} Table round trips {dict(calls)}, {downstream} downstream calls, "
+        f"{len(activities)} activities"
+    )
+    assert table_round_trips <= 6, calls
+    assert downstream <= 3
+    assert len(activities) <= 4

@@ -1,0 +1,119 @@
+"""Intake against the fakes of our ports: the outbox, crash recovery under the same key, the sweeper, the purge."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from shared.errors import IdempotencyKeyInUseError, IdempotencyKeyMismatchError, RetryableError
+from shared.fakes.messages import FakeMessagePublisher
+from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
+from shared.intake import IntakeService
+from shared.journal import ChangeJournal
+from shared.maintenance import purge_idempotency_keys, sweep_unpublished
+from shared.models import ChangeStatus, IdempotencyRecord, Principal
+from shared.targets import TargetRegistry
+
+REPO = Path(__file__).resolve().parents[2]
+CRM = Principal(app_id="crm", user_id="u1", roles=["Writeback.Submit"])
+BODY = json.dumps(
+    {
+        "target": "local-ehr",
+        "operation": "patch",
+        "resourceRef": "Patient/p1",
+        "patch": [{"op": "replace", "path": "/telecom/0/value", "value": "555"}],
+    }
+).encode()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def parts(clock: Clock) -> tuple[IntakeService, FakeIdempotencyStore, FakeChangeStore, FakeMessagePublisher]:
+    idem, changes, publisher = FakeIdempotencyStore(), FakeChangeStore(), FakeMessagePublisher()
+    intake = IntakeService(
+        idempotency=idem,
+        journal=ChangeJournal(changes, clock=clock),
+        payloads=FakePayloadStore(),
+        publisher=publisher,
+        targets=TargetRegistry.from_file(REPO / "config" / "targets.yaml", {}),
+        max_body_bytes=10_000,
+        retention=timedelta(hours=72),
+        clock=clock,
+    )
+    return intake, idem, changes, publisher
+
+
+def test_outbox_stores_indexes_publishes_and_marks(parts) -> None:
+    intake, _, changes, publisher = parts
+    result = intake.submit(CRM, "k1", BODY)
+    record = changes.get(result.change.change_id)
+    assert record is not None and record.enqueued and record.status is ChangeStatus.ACCEPTED
+    assert [m.change_id for m in publisher.sent] == [record.change_id]
+    assert [e.event for e in changes.lineage(record.change_id)] == ["accepted", "enqueued"]
+    assert [c.change_id for c in changes.resource_history("local-ehr", "Patient", "p1").items] == [record.change_id]
+
+
+def test_publish_failure_still_accepts_and_the_sweeper_publishes_later(parts, clock: Clock) -> None:
+    intake, _, changes, publisher = parts
+    publisher.fail_next(RetryableError(detail="broker down"))
+    result = intake.submit(CRM, "k2", BODY)
+    record = changes.get(result.change.change_id)
+    assert record is not None and not record.enqueued and publisher.sent == []
+    assert sweep_unpublished(intake, older_than_seconds=60, now=clock.now) == 0  # too young yet
+    clock.now += timedelta(minutes=2)
+    assert sweep_unpublished(intake, older_than_seconds=60, now=clock.now) == 1
+    assert [m.change_id for m in publisher.sent] == [record.change_id]
+    swept = changes.get(record.change_id)
+    assert swept is not None and swept.enqueued
+    assert sweep_unpublished(intake, older_than_seconds=60, now=clock.now) == 0
+
+
+def test_a_crash_after_the_claim_is_finished_by_a_retry_with_the_same_key(parts, clock: Clock) -> None:
+    intake, idem, changes, publisher = parts
+    # The first attempt claimed the key and died before storing the record.
+    first = intake.submit(CRM, "warmup", BODY)  # learn the fingerprint the intake computes
+    claim = idem.get(CRM.caller_key, "warmup")
+    assert claim is not None
+    idem.claim(
+        IdempotencyRecord(
+            caller=CRM.caller_key,
+            key="crashed",
+            fingerprint=claim.fingerprint,
+            change_id="c-crashed",
+            created_at=clock.now,
+            expires_at=clock.now + timedelta(hours=72),
+        )
+    )
+    with pytest.raises(IdempotencyKeyInUseError):
+        intake.submit(CRM, "crashed", BODY)  # still young: maybe the first attempt is just slow
+    clock.now += timedelta(minutes=1)
+    resumed = intake.submit(CRM, "crashed", BODY)
+    assert resumed.change.change_id == "c-crashed"
+    assert changes.get("c-crashed") is not None
+    assert [m.change_id for m in publisher.sent] == [first.change.change_id, "c-crashed"]
+    assert intake.submit(CRM, "crashed", BODY).change.change_id == "c-crashed"
+    with pytest.raises(IdempotencyKeyMismatchError):
+        intake.submit(CRM, "crashed", BODY.replace(b"555", b"556"))
+
+
+def test_purge_drops_keys_past_retention(parts, clock: Clock) -> None:
+    intake, idem, _, _ = parts
+    intake.submit(CRM, "old", BODY)
+    assert purge_idempotency_keys(idem, clock.now + timedelta(hours=71)) == 0
+    assert purge_idempotency_keys(idem, clock.now + timedelta(hours=73)) == 1
+    assert idem.get(CRM.caller_key, "old") is None
