@@ -3,13 +3,23 @@
 import azure.durable_functions as df
 import azure.functions as func
 
-from activities import expire_change, fail_change, prepare_change, write_change
-from orchestrators import changes_api, dispatcher, health_api, maintenance, writeback_orchestrator
+from activities import expire_change, fail_change, notify_approvers, prepare_change, write_change
+from orchestrators import (
+    approvals_api,
+    changes_api,
+    dispatcher,
+    health_api,
+    maintenance,
+    review_page,
+    writeback_orchestrator,
+)
 
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (
     health_api.bp,
     changes_api.bp,
+    approvals_api.bp,
+    review_page.bp,
     dispatcher.bp,
     writeback_orchestrator.bp,
     maintenance.bp,
@@ -17,5 +27,6 @@ for blueprint in (
     write_change.bp,
     expire_change.bp,
     fail_change.bp,
+    notify_approvers.bp,
 ):
     app.register_functions(blueprint)

@@ -11,31 +11,33 @@ from shared import bootstrap
 bp = df.Blueprint()
 
 
-@bp.route(route="v1/changes", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/v1/changes", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def submit_change(req: func.HttpRequest) -> func.HttpResponse:
     api = bootstrap.changes_api()
     return to_http_response(api.submit(headers_of(req), req.get_body(), base_url_of(req)))
 
 
-@bp.route(route="v1/changes", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/v1/changes", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def list_changes(req: func.HttpRequest) -> func.HttpResponse:
     api = bootstrap.changes_api()
     return to_http_response(api.list_changes(headers_of(req), dict(req.params), base_url_of(req)))
 
 
-@bp.route(route="v1/changes/{changeId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/v1/changes/{changeId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def get_change(req: func.HttpRequest) -> func.HttpResponse:
     api = bootstrap.changes_api()
     return to_http_response(api.get_change(headers_of(req), req.route_params["changeId"], base_url_of(req)))
 
 
-@bp.route(route="v1/changes/{changeId}/lineage", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/v1/changes/{changeId}/lineage", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def get_change_lineage(req: func.HttpRequest) -> func.HttpResponse:
     api = bootstrap.changes_api()
     return to_http_response(api.lineage(headers_of(req), req.route_params["changeId"]))
 
 
-@bp.route(route="v1/lineage/{target}/{resourceType}/{resourceId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(
+    route="api/v1/lineage/{target}/{resourceType}/{resourceId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS
+)
 def get_resource_lineage(req: func.HttpRequest) -> func.HttpResponse:
     api = bootstrap.changes_api()
     p = req.route_params

@@ -12,7 +12,7 @@ from shared.health import check_health
 bp = df.Blueprint()
 
 
-@bp.route(route="v1/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/v1/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     ready, body = check_health()
     return func.HttpResponse(json.dumps(body), status_code=200 if ready else 503, mimetype="application/json")

@@ -20,6 +20,8 @@ from shared.adapters.local_queue_publisher import LocalQueuePublisher
 from shared.adapters.servicebus_publisher import ServiceBusPublisher
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
+from shared.approval_notices import ApprovalNotices
+from shared.approvals import ApprovalLinks, ApprovalService
 from shared.caller_identity import Authenticator, JwtValidator
 from shared.changes_api import ChangesApi
 from shared.config import Settings, get_settings
@@ -154,6 +156,10 @@ def pipeline() -> ChangePipeline:
         policy=policy(),
         fhir=fhir_client,
         approval_timeout=timedelta(hours=settings.approval_timeout_hours),
+        approval_reminder=timedelta(hours=settings.approval_reminder_hours)
+        if settings.approval_reminder_hours
+        else None,
+        notify_approvers=settings.approval_webhook_url is not None,
     )
 
 
@@ -175,12 +181,54 @@ def authenticator() -> Authenticator:
 
 
 @cache
+def approvals() -> ApprovalService:
+    return ApprovalService(journal())
+
+
+@cache
+def approval_links() -> ApprovalLinks:
+    from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
+    from shared.approval_links import ApprovalLinkSigner, parse_signing_keys
+
+    settings = get_settings()
+    if settings.approval_signing_keys is None:
+        raise ConfigurationError("approval links need WRITEBACK_APPROVAL_SIGNING_KEYS")
+    nonces = TableApprovalNonceStore(table_service(), prefix=settings.table_prefix)
+    nonces.ensure_tables()
+    signer = ApprovalLinkSigner(parse_signing_keys(settings.approval_signing_keys.get_secret_value()))
+    return ApprovalLinks(signer=signer, nonces=nonces)
+
+
+@cache
+def approval_notices() -> ApprovalNotices:
+    from shared.approval_links import ApprovalLinkSigner, parse_signing_keys
+    from shared.notifications import ApprovalNotifier
+
+    settings = get_settings()
+    if settings.approval_webhook_url is None or settings.approval_signing_keys is None:
+        raise ConfigurationError("approval notifications need WRITEBACK_APPROVAL_WEBHOOK_URL and ..._SIGNING_KEYS")
+    base_url = settings.public_base_url or settings.local_runtime_url
+    if not base_url:
+        raise ConfigurationError("approval notifications need WRITEBACK_PUBLIC_BASE_URL (the gateway's public URL)")
+    return ApprovalNotices(
+        journal(),
+        ApprovalNotifier(settings.approval_webhook_url.get_secret_value()),
+        ApprovalLinkSigner(parse_signing_keys(settings.approval_signing_keys.get_secret_value())),
+        base_url,
+    )
+
+
+@cache
 def changes_api() -> ChangesApi:
+    settings = get_settings()
     return ChangesApi(
         authenticate=lambda headers: authenticator().authenticate(headers),
         intake=intake,
         journal=journal,
-        max_body_bytes=get_settings().max_body_bytes,
+        approvals=approvals,
+        policy=policy,
+        max_body_bytes=settings.max_body_bytes,
+        approval_links=approval_links if settings.approval_signing_keys is not None else None,
     )
 
 

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
-from shared.api_responses import ApiResponse, problem
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.api_responses import ApiResponse, problem, request_error_from
+from shared.approvals import ApprovalLinks, ApprovalService, Approver
 from shared.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT, require_role
 from shared.errors import Issue, NotFoundError, PayloadTooLargeError, RequestError, WritebackError
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
 from shared.models import ChangeRecord, ChangeStatus, Principal
+from shared.policy import Policy
 from shared.status_view import RETRY_AFTER_SECONDS, accepted_body, lineage_body, status_body
 
 log = logging.getLogger("writeback.api")
 
 READ_ROLES = (ROLE_AUDIT, ROLE_APPROVE, ROLE_OPERATE)
+WakeUp = dict[str, str] | None
 MAX_PAGE_SIZE = 200
 
 
@@ -39,11 +44,17 @@ class ChangesApi:
         authenticate: Callable[[Mapping[str, str]], Principal],
         intake: Callable[[], IntakeService],
         journal: Callable[[], ChangeJournal],
+        approvals: Callable[[], ApprovalService],
+        policy: Callable[[], Policy],
         max_body_bytes: int,
+        approval_links: Callable[[], ApprovalLinks] | None = None,
     ) -> None:
         self._authenticate = authenticate
         self._intake = intake
         self._journal = journal
+        self._approvals = approvals
+        self._policy = policy
+        self._links = approval_links
         self.max_body_bytes = max_body_bytes
 
     def _guard(self, action: Callable[[], ApiResponse], instance: str) -> ApiResponse:
@@ -80,9 +91,18 @@ class ChangesApi:
 
     # --- reads -----------------------------------------------------------------------------------------------
 
+    def _scope(self, principal: Principal) -> frozenset[str] | None:
+        """The targets a reviewer may see (None: all); empty for a principal without a reviewing role."""
+        if not any(r in principal.roles for r in READ_ROLES):
+            return frozenset()
+        return self._policy().reviewer_targets(principal.app_id, principal.user_id)
+
     def _visible(self, principal: Principal, record: ChangeRecord) -> None:
-        """The submitting app sees its own changes; Audit, Approve and Operate see every change."""
-        if record.requested_by.app_id == principal.app_id or any(r in principal.roles for r in READ_ROLES):
+        """The submitting app sees its own changes; Audit, Approve and Operate those of their targets."""
+        if record.requested_by.app_id == principal.app_id:
+            return
+        scope = self._scope(principal)
+        if scope is None or record.target in scope:
             return
         raise NotFoundError(f"change {record.change_id} not found")
 
@@ -125,14 +145,19 @@ class ChangesApi:
                         "Unknown status filter",
                         issues=[Issue("status", "invalid", f"one of {', '.join(s.value for s in ChangeStatus)}")],
                     ) from None
+            scope = self._scope(principal)
+            target = params.get("target") or None
+            if scope is not None and target is not None and target not in scope:
+                return ApiResponse(200, {"items": []})
             page = self._journal().store.query(
                 status=status,
-                target=params.get("target") or None,
+                target=target,
                 resource_type=params.get("resource") or None,
                 page_size=_page_size(params),
                 continuation_token=params.get("continuationToken") or None,
             )
-            body: dict[str, Any] = {"items": [status_body(r, base_url) for r in page.items]}
+            items = [r for r in page.items if scope is None or r.target in scope]
+            body: dict[str, Any] = {"items": [status_body(r, base_url) for r in items]}
             if page.continuation_token:
                 body["continuationToken"] = page.continuation_token
             return ApiResponse(200, body)
@@ -145,6 +170,9 @@ class ChangesApi:
         def action() -> ApiResponse:
             principal = self._authenticate(headers)
             require_role(principal, ROLE_AUDIT, ROLE_OPERATE)
+            scope = self._scope(principal)
+            if scope is not None and target not in scope:
+                raise NotFoundError(f"no lineage for {resource_type}/{resource_id} at {target}")
             page = self._journal().store.resource_history(
                 target,
                 resource_type,
@@ -162,6 +190,108 @@ class ChangesApi:
             return ApiResponse(200, body)
 
         return self._guard(action, f"/api/v1/lineage/{target}/{resource_type}/{resource_id}")
+
+    # --- approvals -------------------------------------------------------------------------------------------
+
+    def _decision_response(self, record: ChangeRecord, base_url: str) -> tuple[ApiResponse, WakeUp]:
+        body = status_body(record, base_url)
+        wake = {"changeId": record.change_id, "status": record.status.value}
+        if record.status.is_terminal:
+            return ApiResponse(200, body), wake
+        headers = {"Location": body["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)}
+        return ApiResponse(202, body, headers), wake
+
+    def _guard_wake(
+        self, action: Callable[[], tuple[ApiResponse, WakeUp]], instance: str
+    ) -> tuple[ApiResponse, WakeUp]:
+        wake: list[WakeUp] = []
+
+        def run() -> ApiResponse:
+            response, event = action()
+            wake.append(event)
+            return response
+
+        response = self._guard(run, instance)
+        return response, (wake[0] if wake else None)
+
+    def decide_approval(
+        self, headers: Mapping[str, str], change_id: str, body: bytes, base_url: str
+    ) -> tuple[ApiResponse, WakeUp]:
+        """``POST /changes/{id}/approval``; the second value is the event that wakes the orchestration."""
+
+        def action() -> tuple[ApiResponse, WakeUp]:
+            principal = self._authenticate(headers)
+            require_role(principal, ROLE_APPROVE)
+            request = _approval_request(body)
+            self._record(principal, change_id)
+            record = self._approvals().decide(change_id, request.decision, Approver.of(principal), request.comment)
+            return self._decision_response(record, base_url)
+
+        return self._guard_wake(action, f"/api/v1/changes/{change_id}/approval")
+
+    def cancel(self, headers: Mapping[str, str], change_id: str, base_url: str) -> tuple[ApiResponse, WakeUp]:
+        def action() -> tuple[ApiResponse, WakeUp]:
+            principal = self._authenticate(headers)
+            self._record(principal, change_id)
+            as_operator = ROLE_OPERATE in principal.roles
+            if not as_operator:
+                require_role(principal, ROLE_SUBMIT)
+            record = self._approvals().cancel(change_id, principal, as_operator=as_operator)
+            return self._decision_response(record, base_url)
+
+        return self._guard_wake(action, f"/api/v1/changes/{change_id}/cancel")
+
+    def approval_callback(
+        self, change_id: str, token: str | None, body: bytes, base_url: str
+    ) -> tuple[ApiResponse, WakeUp]:
+        """A signed, single-use approve / reject link, called by a Power Automate or Logic Apps flow."""
+
+        def action() -> tuple[ApiResponse, WakeUp]:
+            if self._links is None:
+                raise NotFoundError("approval links are not configured")
+            if not token:
+                raise RequestError(
+                    "The token is missing", issues=[Issue("token", "required", "the signed link's token")]
+                )
+            links = self._links()
+            claims = links.signer.verify(token, change_id=change_id)
+            extra = _callback_body(body)
+            links.nonces.use(claims.nonce, claims.change_id, claims.expires_at)
+            approver = Approver(extra.approver or "approval-flow", None, "callback")
+            record = self._approvals().decide(change_id, claims.decision, approver, extra.comment)
+            return self._decision_response(record, base_url)
+
+        return self._guard_wake(action, f"/api/v1/changes/{change_id}/approval/callback")
+
+
+class ApprovalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class CallbackBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    comment: str | None = Field(default=None, max_length=2000)
+    approver: str | None = Field(default=None, max_length=256)
+
+
+def _approval_request(body: bytes) -> ApprovalRequest:
+    try:
+        return ApprovalRequest.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise request_error_from(exc, detail="The body is not a valid approval decision") from None
+
+
+def _callback_body(body: bytes) -> CallbackBody:
+    if not body.strip():
+        return CallbackBody()
+    try:
+        return CallbackBody.model_validate_json(body)
+    except ValidationError as exc:
+        raise request_error_from(exc, detail="The body is not valid") from None
 
 
 def _page_size(params: Mapping[str, str]) -> int:

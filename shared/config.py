@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_jwks_url: str | None = None
     approval_timeout_hours: float = Field(default=72, gt=0)
+    approval_reminder_hours: float | None = Field(default=None, gt=0)
+    approval_webhook_url: SecretStr | None = None
+    approval_signing_keys: SecretStr | None = None
+    public_base_url: str | None = None
     sweep_after_seconds: int = Field(default=60, gt=0)
     local_runtime_url: str | None = Field(default=None, validation_alias=AliasChoices("WRITEBACK_LOCAL_RUNTIME_URL"))
 

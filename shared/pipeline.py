@@ -66,8 +66,12 @@ class ChangePipeline:
         policy: Policy,
         fhir: Callable[[TargetConfig], FhirClient],
         approval_timeout: timedelta = timedelta(hours=72),
+        approval_reminder: timedelta | None = None,
+        notify_approvers: bool = False,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        self.approval_reminder = approval_reminder
+        self.notify_approvers = notify_approvers
         self.journal = journal
         self.payloads = payloads
         self.targets = targets
@@ -204,8 +208,14 @@ class ChangePipeline:
         )
         plan_body["proposed"] = proposed_ref.to_wire()
         if decision.decision == "approve":
-            expires = self._clock() + self.approval_timeout
-            approval = {"required": True, "expiresAt": expires.isoformat()}
+            now = self._clock()
+            expires = now + self.approval_timeout
+            remind = now + self.approval_reminder if self.approval_reminder else None
+            approval = {
+                "required": True,
+                "expiresAt": expires.isoformat(),
+                "paths": [r.path for r in decision.reasons if r.rule == "approve"],
+            }
             done = self.journal.record(
                 record,
                 [*steps, Step("awaiting_approval", {"expiresAt": expires.isoformat()})],
@@ -214,7 +224,10 @@ class ChangePipeline:
                 approval=approval,
                 enqueued=True,
             )
-            return {**outcome(done), "expiresAt": expires.isoformat()}
+            waiting: StepResult = {**outcome(done), "expiresAt": expires.isoformat(), "notify": self.notify_approvers}
+            if remind is not None and remind < expires:
+                waiting["remindAt"] = remind.isoformat()
+            return waiting
         done = self.journal.record(
             record, [*steps, Step("writing", {})], status=ChangeStatus.WRITING, plan=plan_body, enqueued=True
         )

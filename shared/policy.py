@@ -1,5 +1,13 @@
 """Field-ownership policy: which calling app may change which elements of which resources at which target.
 
+An optional ``reviewers`` list scopes the reading roles (Audit, Approve, Operate) to targets::
+
+    reviewers:
+      - principals: [u-900, review-portal]   # user object ids or app ids
+        targets: [local-ehr]                 # or ["*"]
+
+Without the section a reviewer sees every target; with it, only the targets of the entries naming them.
+
 The policy is a YAML file, validated once at start-up; any problem raises ``ConfigurationError`` naming the field
 and its line. Shape::
 
@@ -135,11 +143,21 @@ class _SourceFile(BaseModel):
     targets: dict[_TargetId, dict[str, _ResourceRulesFile]] = Field(default_factory=dict)
 
 
+class _ReviewerFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    principals: list[_AppId] = Field(min_length=1)
+    targets: list[Annotated[str, StringConstraints(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_\-]{0,63})$")]] = Field(
+        min_length=1
+    )
+
+
 class _PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     version: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$")]
     sources: dict[_SourceName, _SourceFile]
+    reviewers: list[_ReviewerFile] | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -220,7 +238,11 @@ class Policy:
         app_sources: dict[str, str],
         target_lines: dict[tuple[str, str], int],
         name: str,
+        reviewers: list[tuple[frozenset[str], frozenset[str]]] | None = None,
+        reviewer_lines: dict[tuple[str, str], int] | None = None,
     ) -> None:
+        self._reviewers = reviewers
+        self._reviewer_lines = reviewer_lines or {}
         self.version: Final = version
         self.name: Final = name
         self._rules = rules
@@ -248,11 +270,28 @@ class Policy:
     def source_for_app(self, app_id: str) -> str | None:
         return self._app_sources.get(app_id.strip().casefold())
 
+    def reviewer_targets(self, app_id: str, user_id: str | None) -> frozenset[str] | None:
+        """The targets a reviewer (Audit / Approve / Operate) may see: None for all (no ``reviewers`` section)."""
+        if self._reviewers is None:
+            return None
+        ids = {app_id.strip().casefold()} | ({user_id.strip().casefold()} if user_id else set())
+        targets: set[str] = set()
+        for principals, allowed in self._reviewers:
+            if ids & principals:
+                if "*" in allowed:
+                    return None
+                targets |= allowed
+        return frozenset(targets)
+
     def check_targets(self, known_target_ids: Collection[str]) -> None:
         """Raise ``ConfigurationError`` if the policy names a target the targets file does not define."""
         problems = [
             (line, f"sources.{s}.targets.{t}", f"target '{t}' is not in the targets file")
             for (s, t), line in sorted(self._target_lines.items(), key=lambda kv: kv[1])
+            if t not in known_target_ids
+        ] + [
+            (line, f"{where}.targets", f"target '{t}' is not in the targets file")
+            for (where, t), line in sorted(self._reviewer_lines.items(), key=lambda kv: kv[1])
             if t not in known_target_ids
         ]
         if problems:
@@ -374,6 +413,15 @@ def _load(text: str, name: str) -> Policy:
         for s, body in parsed.sources.items()
         for t in body.targets
     }
+    reviewer_lines = {
+        (f"reviewers[{i}]", target): _line(root, ("reviewers", i, "targets", j))
+        for i, reviewer in enumerate(parsed.reviewers or [])
+        for j, target in enumerate(reviewer.targets)
+        if target != "*"
+    }
+    reviewers = None
+    if parsed.reviewers is not None:
+        reviewers = [(frozenset(p.casefold() for p in r.principals), frozenset(r.targets)) for r in parsed.reviewers]
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
     return Policy(
         version=f"{parsed.version}+{digest}",
@@ -381,6 +429,8 @@ def _load(text: str, name: str) -> Policy:
         app_sources=checked.app_sources,
         target_lines=target_lines,
         name=name,
+        reviewers=reviewers,
+        reviewer_lines=reviewer_lines,
     )
 
 

@@ -90,11 +90,10 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def gateway(
-    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    state = tmp_path_factory.mktemp("gateway")
+def start_gateway(
+    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, state: Path, **settings: str
+) -> Gateway:
+    """Run the gateway in the local runtime as a separate process; ``settings`` are extra app settings."""
     port = free_port()
     env = {
         **os.environ,
@@ -109,6 +108,7 @@ def gateway(
         "WRITEBACK_TABLE_PREFIX": "e2e" + uuid.uuid4().hex[:8],
         "WRITEBACK_SWEEP_AFTER_SECONDS": "5",
         "PYTHONPATH": str(REPO_ROOT),
+        **settings,
     }
     env.pop("IDENTITY_SERVER_THUMBPRINT", None)
     log_path = state / "gateway.log"
@@ -138,17 +138,28 @@ def gateway(
         assert proc.poll() is None, gw.log_text()
         try:
             if httpx.get(f"{gw.api}/health", timeout=2).status_code == 200:
-                break
+                return gw
         except httpx.HTTPError:
             pass
         assert time.monotonic() < deadline, gw.log_text()
         time.sleep(0.1)
-    yield gw
-    proc.terminate()
+
+
+def stop_gateway(gw: Gateway) -> None:
+    gw.proc.terminate()
     try:
-        proc.wait(15)
+        gw.proc.wait(15)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        gw.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    gw = start_gateway(azurite, token_endpoint, fhir_server, fhir_token, tmp_path_factory.mktemp("gateway"))
+    yield gw
+    stop_gateway(gw)
 
 
 @pytest.fixture

@@ -1,0 +1,58 @@
+"""ApprovalNonceStore on Azure Table Storage: one row per used nonce (partition = change id, row = nonce).
+
+The insert that fails if the row exists is the atomic decision that a link is used once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError
+from azure.data.tables import TableClient, TableServiceClient
+
+from shared.adapters.storage_errors import storage_error
+from shared.adapters.table_codec import escape_key
+
+MAX_BATCH = 100  # Table Storage refuses larger entity-group transactions
+
+
+class TableApprovalNonceStore:
+    def __init__(self, service: TableServiceClient, *, prefix: str = "writeback") -> None:
+        self._table: TableClient = service.get_table_client(f"{prefix}approvalnonces")
+
+    def ensure_tables(self) -> None:
+        try:
+            self._table.create_table()
+        except HttpResponseError as exc:
+            if exc.status_code != 409:
+                raise
+
+    def use(self, nonce: str, change_id: str, expires_at: datetime) -> None:
+        if expires_at.tzinfo is None:
+            raise ValueError("expires_at must be timezone-aware")
+        entity: dict[str, Any] = {
+            "PartitionKey": escape_key(change_id),
+            "RowKey": escape_key(nonce),
+            "ExpiresAt": expires_at,
+        }
+        try:
+            self._table.create_entity(entity)
+        except HttpResponseError as exc:
+            mapped = storage_error(exc, "approval link nonce")
+            raise (exc if mapped is exc else mapped) from exc
+
+    def purge_expired(self, now: datetime) -> int:
+        expired = self._table.query_entities(
+            "ExpiresAt lt @now", parameters={"now": now}, select=["PartitionKey", "RowKey"]
+        )
+        by_partition: dict[str, list[Any]] = {}
+        for entity in expired:
+            by_partition.setdefault(entity["PartitionKey"], []).append(entity)
+        deleted = 0
+        for entities in by_partition.values():
+            for start in range(0, len(entities), MAX_BATCH):
+                batch = entities[start : start + MAX_BATCH]
+                self._table.submit_transaction([("delete", e) for e in batch])
+                deleted += len(batch)
+        return deleted

@@ -1,0 +1,39 @@
+"""Tell approvers a change waits for them: the webhook notification with signed approve / reject links."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.approval_links import ApprovalLinkSigner
+from shared.journal import ChangeJournal, Step
+from shared.models import ChangeStatus
+from shared.notifications import ApprovalNotifier, build_notification
+from shared.status_view import change_links
+
+
+class ApprovalNotices:
+    def __init__(
+        self, journal: ChangeJournal, notifier: ApprovalNotifier, signer: ApprovalLinkSigner, public_base_url: str
+    ) -> None:
+        self.journal = journal
+        self.notifier = notifier
+        self.signer = signer
+        self.base_url = public_base_url.rstrip("/")
+
+    def send(self, change_id: str, kind: str) -> dict[str, Any]:
+        record = self.journal.load(change_id)
+        if record.status is not ChangeStatus.AWAITING_APPROVAL:
+            return {"changeId": change_id, "status": record.status.value, "notified": False}
+        expires_at = datetime.fromisoformat(str((record.approval or {})["expiresAt"]))
+        links = self.signer.callback_urls(self.base_url, change_id, expires_at)
+        payload = build_notification(
+            record,
+            kind="approval-reminder" if kind == "approval-reminder" else "approval-requested",
+            links=links,
+            status_url=change_links(self.base_url, change_id)["self"],
+            review_url=f"{self.base_url}/review",
+        )
+        self.notifier.notify(payload)
+        done = self.journal.record(record, [Step("approvers-notified", {"kind": kind})])
+        return {"changeId": change_id, "status": done.status.value, "notified": True}

@@ -1,0 +1,139 @@
+"""Human decisions on a change waiting for approval: approve, reject, cancel.
+
+A decision is recorded first (record + lineage in one transaction: who, how, a hash of the comment), then the
+orchestration is woken with an ``approval`` event carrying the new state. A decision repeated by the same person is
+answered again and wakes the orchestration again (an event lost between the two steps is recovered by the retry;
+otherwise the deadline timer finds the state and moves on). The approver must not be the requester.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+from shared.errors import ForbiddenError, StateConflictError
+from shared.journal import ChangeJournal, Step, utcnow
+from shared.models import ChangeRecord, ChangeStatus, Principal
+
+Decision = Literal["approve", "reject"]
+
+
+class SelfApprovalError(ForbiddenError):
+    code = "self-approval"
+    title = "The requester cannot approve their own change"
+
+
+class LinkClaims(Protocol):
+    @property
+    def change_id(self) -> str: ...
+    @property
+    def decision(self) -> Decision: ...
+    @property
+    def expires_at(self) -> datetime: ...
+    @property
+    def nonce(self) -> str: ...
+
+
+class LinkVerifier(Protocol):
+    def verify(self, token: str, *, change_id: str | None = None) -> LinkClaims: ...
+
+
+class NonceStore(Protocol):
+    def use(self, nonce: str, change_id: str, expires_at: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class ApprovalLinks:
+    """What the signed-callback path needs: the link verifier and the single-use nonce store."""
+
+    signer: LinkVerifier
+    nonces: NonceStore
+
+
+@dataclass(frozen=True)
+class Approver:
+    """Who decided: a signed-in principal (``via="api"``) or the holder of a signed link (``via="callback"``)."""
+
+    id: str
+    name: str | None
+    via: Literal["api", "callback"]
+
+    @classmethod
+    def of(cls, principal: Principal) -> Approver:
+        return cls(principal.user_id or f"app:{principal.app_id}", principal.display_name, "api")
+
+
+def requester_id(record: ChangeRecord) -> str:
+    principal = record.requested_by
+    return principal.user_id or f"app:{principal.app_id}"
+
+
+def _comment_hash(comment: str | None) -> str | None:
+    return hashlib.sha256(comment.encode("utf-8")).hexdigest() if comment else None
+
+
+class ApprovalService:
+    def __init__(self, journal: ChangeJournal, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.journal = journal
+        self._clock = clock
+
+    def decide(self, change_id: str, decision: Decision, approver: Approver, comment: str | None) -> ChangeRecord:
+        record = self.journal.load(change_id, fresh=True)
+        wanted = "approved" if decision == "approve" else "rejected"
+        approval = record.approval or {}
+        if record.status is not ChangeStatus.AWAITING_APPROVAL:
+            if approval.get("decidedBy") == approver.id and approval.get("decision") == wanted:
+                return record
+            raise StateConflictError(f"The change is {record.status.value}, not awaiting approval")
+        if approver.id == requester_id(record):
+            raise SelfApprovalError("An approver must be someone other than the requester")
+        decided = {
+            **approval,
+            "decision": wanted,
+            "decidedBy": approver.id,
+            "decidedByName": approver.name,
+            "decidedAt": self._clock().isoformat(),
+            "via": approver.via,
+            "comment": comment,
+        }
+        details = {"approver": approver.id, "via": approver.via, "commentHash": _comment_hash(comment)}
+        if decision == "approve":
+            steps = [Step("approved", details, actor=approver.id), Step("writing", {})]
+            return self.journal.record(record, steps, status=ChangeStatus.WRITING, approval=decided)
+        error = {
+            "type": "urn:writeback:problem:rejected-by-approver",
+            "title": "Rejected by an approver",
+            "status": 403,
+            "detail": "An approver rejected this change",
+        }
+        return self.journal.record(
+            record,
+            [Step("rejected", details, actor=approver.id)],
+            status=ChangeStatus.REJECTED,
+            approval=decided,
+            error=error,
+        )
+
+    def cancel(self, change_id: str, principal: Principal, *, as_operator: bool) -> ChangeRecord:
+        record = self.journal.load(change_id, fresh=True)
+        if not as_operator and requester_id(record) != (principal.user_id or f"app:{principal.app_id}"):
+            raise ForbiddenError("Only the requester or an operator can cancel a change")
+        if record.status is ChangeStatus.CANCELLED:
+            return record
+        if record.status is not ChangeStatus.AWAITING_APPROVAL:
+            raise StateConflictError(
+                f"The change is {record.status.value}; only a change awaiting approval can be cancelled"
+            )
+        actor = principal.user_id or f"app:{principal.app_id}"
+        approval = {
+            **(record.approval or {}),
+            "decision": "cancelled",
+            "decidedBy": actor,
+            "decidedAt": self._clock().isoformat(),
+        }
+        return self.journal.record(
+            record, [Step("cancelled", {"by": actor}, actor=actor)], status=ChangeStatus.CANCELLED, approval=approval
+        )
