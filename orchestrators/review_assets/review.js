@@ -227,11 +227,12 @@ function renderDetail(c) {
 
 async function openChange(changeId, keepMessage) {
   selected = changeId;
+  // A comment belongs to the change it was typed for: cleared now, when another is chosen, never after the fetch.
+  if (changeId !== $("detail-id").textContent) $("decision-comment").value = "";
   if (!keepMessage) { clearProblem(); $("message").textContent = ""; }
   try {
     const { body } = await api(`${API}/${encodeURIComponent(changeId)}`);
     if (selected !== changeId) return;
-    $("decision-comment").value = keepMessage ? $("decision-comment").value : "";
     renderDetail(body);
     if (!keepMessage) $("detail-title").focus();
     for (const row of document.querySelectorAll("tr[data-change-id]")) {
