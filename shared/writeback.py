@@ -76,6 +76,7 @@ def build_provenance(
     recorded: datetime,
     reason: str | None,
     approver: str | None = None,
+    approval_comment: str | None = None,
 ) -> dict[str, Any]:
     principal = record.requested_by
     agents: list[dict[str, Any]] = [
@@ -125,8 +126,11 @@ def build_provenance(
         },
         "agent": agents,
     }
-    if reason:
-        provenance["reason"] = [{"text": reason}]
+    reasons = [{"text": reason}] if reason else []
+    if approver and approval_comment:
+        reasons.append({"text": f"Approval comment: {approval_comment}"})
+    if reasons:
+        provenance["reason"] = reasons
     return provenance
 
 
@@ -168,13 +172,16 @@ class FhirWriter:
         approver: str | None = None,
         patch_ops: Sequence[dict[str, Any]] | None = None,
     ) -> WriteOutcome:
+        comment = (record.approval or {}).get("comment") if approver else None
         resource = with_tags(plan.proposed, record.change_id, source)
         if record.operation is not Operation.CREATE:
             resource["id"] = plan.resource_id
         mode = self.target.provenance
         if mode == "transaction" and self.target.capabilities.transactions:
-            return self._transaction(record, plan, resource, recorded, reason, approver)
-        return self._then_provenance(record, plan, resource, recorded, reason, approver, patch_ops, mode == "none")
+            return self._transaction(record, plan, resource, recorded, reason, approver, comment)
+        return self._then_provenance(
+            record, plan, resource, recorded, reason, approver, comment, patch_ops, mode == "none"
+        )
 
     # -- transaction mode -----------------------------------------------------------------------------------
 
@@ -186,6 +193,7 @@ class FhirWriter:
         recorded: datetime,
         reason: str | None,
         approver: str | None,
+        comment: str | None,
     ) -> WriteOutcome:
         rtype = plan.resource_type
         if record.operation is Operation.CREATE:
@@ -199,7 +207,7 @@ class FhirWriter:
                 request["ifMatch"] = f'W/"{plan.current_version}"'
             target_ref = f"{rtype}/{plan.resource_id}"
         provenance = build_provenance(
-            record, target_ref=target_ref, recorded=recorded, reason=reason, approver=approver
+            record, target_ref=target_ref, recorded=recorded, reason=reason, approver=approver, approval_comment=comment
         )
         bundle = {
             "resourceType": "Bundle",
@@ -252,6 +260,7 @@ class FhirWriter:
         recorded: datetime,
         reason: str | None,
         approver: str | None,
+        comment: str | None,
         patch_ops: Sequence[dict[str, Any]] | None,
         skip_provenance: bool,
     ) -> WriteOutcome:
@@ -273,7 +282,12 @@ class FhirWriter:
         if not skip_provenance:
             target_ref = f"{rtype}/{resource_id}/_history/{version}" if version else f"{rtype}/{resource_id}"
             provenance = build_provenance(
-                record, target_ref=target_ref, recorded=recorded, reason=reason, approver=approver
+                record,
+                target_ref=target_ref,
+                recorded=recorded,
+                reason=reason,
+                approver=approver,
+                approval_comment=comment,
             )
             created = self.client.create(provenance, if_none_exist=self._tag_query(record))
             calls += 1

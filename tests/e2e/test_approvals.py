@@ -190,3 +190,13 @@ def test_authorisation_matrix(gateway: Gateway, crm_change: str, role: str, own:
     expected_cancel = 404 if not read_ok else (409 if role == "operate" else 403)
     assert cancel.status_code == expected_cancel
     assert httpx.get(f"{gateway.api}/changes/{crm_change}", timeout=30).status_code == 401
+
+
+def test_the_approval_comment_reaches_the_provenance_not_the_lineage(gateway: Gateway, patient: dict[str, Any]) -> None:
+    change_id = awaiting(gateway, patient)
+    comment = f"verified by phone {uuid.uuid4().hex[:6]}"
+    assert decide(gateway, change_id, "approve", comment=comment).status_code == 202
+    done = gateway.wait(change_id)
+    provenance = gateway.fhir(done["result"]["provenance"]).json()
+    assert {"text": f"Approval comment: {comment}"} in provenance["reason"]
+    assert comment not in str(gateway.lineage(change_id))
