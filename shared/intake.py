@@ -36,6 +36,7 @@ from shared.errors import (
     RequestError,
     WritebackError,
 )
+from shared.faults import checkpoint
 from shared.fhir_validation import validate_resource
 from shared.journal import ChangeJournal, Step, utcnow
 from shared.models import (
@@ -170,6 +171,7 @@ class IntakeService:
             self.idempotency.claim(claim)
         except AlreadyExistsError:
             return self._existing(principal, key, fingerprint, request, body, traceparent)
+        checkpoint("intake.after-claim")
         change = self._take_in(claim.change_id, principal, request, body, fingerprint, now, traceparent)
         return IntakeResult(change, replayed=False)
 
@@ -250,6 +252,7 @@ class IntakeService:
                 record = self.journal.open(record, accepted)
             except AlreadyExistsError:
                 record = self.journal.load(change_id, fresh=True)
+        checkpoint("intake.after-record")
         if record.resource_id:
             self.journal.store.index_resource(
                 ResourceChange(
@@ -266,6 +269,7 @@ class IntakeService:
             # Accepted all the same: the record is stored, and the sweeper publishes what was not enqueued.
             log.warning("publishing change %s failed (%s); the sweeper will retry", change_id, exc.code)
             return record
+        checkpoint("intake.after-publish")
         return self.mark_enqueued(record)
 
     def mark_enqueued(self, record: ChangeRecord) -> ChangeRecord:

@@ -32,6 +32,7 @@ from shared.errors import (
     RequestError,
     WritebackError,
 )
+from shared.faults import checkpoint
 from shared.journal import ChangeJournal, Step, utcnow
 from shared.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, ResourceChange
 from shared.planning import PatchApplyError, Plan, PlanConflictError, plan_change
@@ -231,6 +232,7 @@ class ChangePipeline:
         done = self.journal.record(
             record, [*steps, Step("writing", {})], status=ChangeStatus.WRITING, plan=plan_body, enqueued=True
         )
+        checkpoint("prepare.after")
         return outcome(done)
 
     def _read(
@@ -286,6 +288,7 @@ class ChangePipeline:
         target = self._target(record)
         writer = FhirWriter(self.fhir(target), target)
         source = (record.plan or {}).get("source") or record.requested_by.app_id
+        checkpoint("write.before")
         try:
             written = writer.write(
                 record,
@@ -300,6 +303,7 @@ class ChangePipeline:
             return self._end(record, ChangeStatus.CONFLICT, [], exc)
         except (PermanentError, AuthError, NotFoundError) as exc:
             return self._end(record, ChangeStatus.FAILED, [], exc)
+        checkpoint("write.after")
         drift = verify(plan.proposed, written.written, plan.changed_paths) if written.written else []
         verified = written.written is not None and not drift
         steps = [
