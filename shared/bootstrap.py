@@ -143,6 +143,7 @@ def intake() -> IntakeService:
         targets=targets(),
         max_body_bytes=settings.max_body_bytes,
         retention=timedelta(hours=settings.idempotency_retention_hours),
+        stale_after=timedelta(seconds=settings.intake_stale_after_seconds),
     )
 
 
