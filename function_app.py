@@ -10,6 +10,7 @@ from orchestrators import (
     dispatcher,
     health_api,
     maintenance,
+    operations_api,
     review_page,
     writeback_orchestrator,
 )
@@ -20,6 +21,7 @@ for blueprint in (
     changes_api.bp,
     approvals_api.bp,
     review_page.bp,
+    operations_api.bp,
     dispatcher.bp,
     writeback_orchestrator.bp,
     maintenance.bp,

@@ -13,4 +13,4 @@ bp = df.Blueprint()
 
 @bp.activity_trigger(input_name="payload")
 def prepare_change(payload: dict[str, Any]) -> dict[str, Any]:
-    return bootstrap.pipeline().prepare(str(payload["changeId"]))
+    return bootstrap.pipeline().prepare(str(payload["changeId"]), int(payload.get("attempt", 0)))

@@ -13,4 +13,4 @@ bp = df.Blueprint()
 
 @bp.activity_trigger(input_name="payload")
 def write_change(payload: dict[str, Any]) -> dict[str, Any]:
-    return bootstrap.pipeline().write(str(payload["changeId"]))
+    return bootstrap.pipeline().write(str(payload["changeId"]), int(payload.get("attempt", 0)))

@@ -14,6 +14,7 @@ import azure.functions as func
 
 from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
 from shared import bootstrap
+from shared.config import get_settings
 from shared.dispatch import should_start
 
 bp = df.Blueprint()
@@ -27,7 +28,8 @@ async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchest
     if change_id is None:
         return
     try:
-        await client.start_new(ORCHESTRATOR_NAME, change_id, {"changeId": change_id})
+        deadline = get_settings().retry_deadline_minutes * 60
+        await client.start_new(ORCHESTRATOR_NAME, change_id, {"changeId": change_id, "retryDeadlineSeconds": deadline})
     except Exception as exc:
         if "already exists" in str(exc):
             log.info("change %s: orchestration already running", change_id)

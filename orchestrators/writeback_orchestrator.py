@@ -24,6 +24,29 @@ ORCHESTRATOR_NAME = "writeback_orchestrator"
 APPROVAL_EVENT = "approval"
 MAX_TIMER = timedelta(days=6)  # Durable timers are capped; longer deadlines loop
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000, max_number_of_attempts=5)
+MAX_WAITS = 12  # answers of "retry" (a throttled or failing target) before the change fails
+DEFAULT_RETRY_DEADLINE = timedelta(hours=1)
+
+
+def _with_waits(
+    context: df.DurableOrchestrationContext, activity: Any, change_id: str, deadline: datetime
+) -> Generator[Any, Any, dict[str, Any]]:
+    """Call a step; while it answers ``retry``, wait on a durable timer as long as it says, within the deadline."""
+    attempt = 0
+    while True:
+        result: dict[str, Any] = yield context.call_activity_with_retry(
+            activity, RETRY, {"changeId": change_id, "attempt": attempt}
+        )
+        if not result.get("retry"):
+            return result
+        attempt += 1
+        wake_at = context.current_utc_datetime + timedelta(seconds=float(result["retryAfter"]))
+        if attempt >= MAX_WAITS or wake_at > deadline:
+            detail = f"the target kept failing ({result.get('code')}, HTTP {result.get('downstreamStatus')})"
+            failed: dict[str, Any] = yield context.call_activity(fail_change, {"changeId": change_id, "detail": detail})
+            return failed
+        context.set_custom_status({"changeId": change_id, "step": "waiting-to-retry", "attempt": attempt})
+        yield context.create_timer(wake_at)
 
 
 def _wait_for_approval(
@@ -53,10 +76,14 @@ def _wait_for_approval(
 
 @bp.orchestration_trigger(context_name="context", orchestration=ORCHESTRATOR_NAME)
 def writeback_orchestrator(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict[str, Any]]:
-    change_id = str(context.get_input()["changeId"])
+    start = context.get_input()
+    change_id = str(start["changeId"])
+    deadline = context.current_utc_datetime + timedelta(
+        seconds=float(start.get("retryDeadlineSeconds", DEFAULT_RETRY_DEADLINE.total_seconds()))
+    )
     context.set_custom_status({"changeId": change_id, "step": "prepare"})
     try:
-        result: dict[str, Any] = yield context.call_activity_with_retry(prepare_change, RETRY, {"changeId": change_id})
+        result = yield from _with_waits(context, prepare_change, change_id, deadline)
         if result["status"] == "awaiting_approval":
             context.set_custom_status({"changeId": change_id, "step": "awaiting_approval"})
             if result.get("notify"):
@@ -66,7 +93,7 @@ def writeback_orchestrator(context: df.DurableOrchestrationContext) -> Generator
             result = yield from _wait_for_approval(context, change_id, result)
         if result["status"] == "writing":
             context.set_custom_status({"changeId": change_id, "step": "write"})
-            result = yield context.call_activity_with_retry(write_change, RETRY, {"changeId": change_id})
+            result = yield from _with_waits(context, write_change, change_id, deadline)
     except Exception as exc:
         detail = str(exc).splitlines()[0][:500]
         result = yield context.call_activity(fail_change, {"changeId": change_id, "detail": detail})

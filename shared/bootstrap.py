@@ -28,6 +28,7 @@ from shared.config import Settings, get_settings
 from shared.errors import ConfigurationError
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
+from shared.operations import OperationsService
 from shared.pipeline import ChangePipeline
 from shared.policy import Policy
 from shared.ports import FhirClient, MessagePublisher
@@ -220,6 +221,11 @@ def approval_notices() -> ApprovalNotices:
 
 
 @cache
+def operations() -> OperationsService:
+    return OperationsService(journal(), publisher())
+
+
+@cache
 def changes_api() -> ChangesApi:
     settings = get_settings()
     return ChangesApi(
@@ -230,6 +236,7 @@ def changes_api() -> ChangesApi:
         policy=policy,
         max_body_bytes=settings.max_body_bytes,
         approval_links=approval_links if settings.approval_signing_keys is not None else None,
+        operations=operations,
     )
 
 

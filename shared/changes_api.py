@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +20,7 @@ from shared.errors import Issue, NotFoundError, PayloadTooLargeError, RequestErr
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
 from shared.models import ChangeRecord, ChangeStatus, Principal
+from shared.operations import OperationsService, ReplayFilter
 from shared.policy import Policy
 from shared.status_view import RETRY_AFTER_SECONDS, accepted_body, lineage_body, status_body
 
@@ -48,7 +50,9 @@ class ChangesApi:
         policy: Callable[[], Policy],
         max_body_bytes: int,
         approval_links: Callable[[], ApprovalLinks] | None = None,
+        operations: Callable[[], OperationsService] | None = None,
     ) -> None:
+        self._operations = operations
         self._authenticate = authenticate
         self._intake = intake
         self._journal = journal
@@ -149,9 +153,17 @@ class ChangesApi:
             target = params.get("target") or None
             if scope is not None and target is not None and target not in scope:
                 return ApiResponse(200, {"items": []})
+            verified = None
+            if params.get("verified"):
+                if params["verified"] not in ("true", "false"):
+                    raise RequestError(
+                        "verified is true or false", issues=[Issue("verified", "invalid", "true or false")]
+                    )
+                verified = params["verified"] == "true"
             page = self._journal().store.query(
                 status=status,
                 target=target,
+                verified=verified,
                 resource_type=params.get("resource") or None,
                 page_size=_page_size(params),
                 continuation_token=params.get("continuationToken") or None,
@@ -263,6 +275,66 @@ class ChangesApi:
 
         return self._guard_wake(action, f"/api/v1/changes/{change_id}/approval/callback")
 
+    # --- operations ------------------------------------------------------------------------------------------
+
+    def _ops(self) -> OperationsService:
+        if self._operations is None:
+            raise NotFoundError("operations are not configured")
+        return self._operations()
+
+    def retry(self, headers: Mapping[str, str], change_id: str, base_url: str) -> ApiResponse:
+        def action() -> ApiResponse:
+            principal = self._authenticate(headers)
+            require_role(principal, ROLE_OPERATE)
+            self._record(principal, change_id)
+            record = self._ops().retry(change_id, _actor(principal))
+            body = status_body(record, base_url)
+            return ApiResponse(202, body, {"Location": body["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)})
+
+        return self._guard(action, f"/api/v1/changes/{change_id}/retry")
+
+    def resolve(self, headers: Mapping[str, str], change_id: str, body: bytes, base_url: str) -> ApiResponse:
+        def action() -> ApiResponse:
+            principal = self._authenticate(headers)
+            require_role(principal, ROLE_APPROVE)
+            self._record(principal, change_id)
+            try:
+                request = ResolveRequest.model_validate_json(body or b"{}")
+            except ValidationError as exc:
+                raise request_error_from(exc, detail="The body is not a valid resolution") from None
+            if request.action == "discard":
+                return ApiResponse(200, status_body(self._ops().discard(change_id, _actor(principal)), base_url))
+            record = self._ops().retry(change_id, _actor(principal), replan=True)
+            out = status_body(record, base_url)
+            return ApiResponse(202, out, {"Location": out["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)})
+
+        return self._guard(action, f"/api/v1/changes/{change_id}/resolve")
+
+    def replay(self, headers: Mapping[str, str], body: bytes) -> ApiResponse:
+        def action() -> ApiResponse:
+            principal = self._authenticate(headers)
+            require_role(principal, ROLE_OPERATE)
+            try:
+                request = ReplayRequest.model_validate_json(body or b"{}")
+            except ValidationError as exc:
+                raise request_error_from(exc, detail="The body is not a valid replay request") from None
+            scope = self._scope(principal)
+            if scope is not None and (request.target is None or request.target not in scope):
+                raise RequestError(
+                    "Name a target you operate", issues=[Issue("/target", "required", "a target in your scope")]
+                )
+            where = ReplayFilter(
+                status=ChangeStatus(request.status),
+                target=request.target,
+                error_code=request.error_code,
+                since=request.since,
+                until=request.until,
+            )
+            result = self._ops().replay(where, _actor(principal), dry_run=request.dry_run, limit=request.limit)
+            return ApiResponse(200, {"dryRun": request.dry_run, **result})
+
+        return self._guard(action, "/api/v1/changes/replay")
+
 
 class ApprovalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -302,3 +374,26 @@ def _page_size(params: Mapping[str, str]) -> int:
             issues=[Issue("pageSize", "invalid", f"a whole number from 1 to {MAX_PAGE_SIZE}")],
         )
     return int(raw)
+
+
+def _actor(principal: Principal) -> str:
+    return principal.user_id or f"app:{principal.app_id}"
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    action: Literal["replan", "discard"]
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class ReplayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    status: Literal["failed", "conflict", "expired"] = "failed"
+    target: str | None = Field(default=None, max_length=64)
+    error_code: str | None = Field(default=None, alias="errorCode", max_length=100)
+    since: datetime | None = None
+    until: datetime | None = None
+    dry_run: bool = Field(default=True, alias="dryRun")
+    limit: int = Field(default=100, ge=1, le=1000)

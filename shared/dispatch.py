@@ -28,7 +28,7 @@ def should_start(journal: ChangeJournal, body: bytes) -> str | None:
         record = journal.load(message.change_id)
     except NotFoundError:
         raise UnknownChangeError(detail=f"no change record for change {message.change_id}") from None
-    if record.status is not ChangeStatus.ACCEPTED and message.kind != "retry":
+    if record.status is not ChangeStatus.ACCEPTED:
         log.info("change %s is %s: duplicate message ignored", record.change_id, record.status.value)
         return None
     return record.change_id

@@ -218,6 +218,8 @@ class ChangeRecord(WireModel):
     dry_run: bool = False
     base_version: str | None = None
     enqueued: bool = False
+    retries: int = 0
+    replan: bool = False
     sequence: int = 0
     plan: dict[str, Any] | None = None
     approval: dict[str, Any] | None = None
@@ -277,6 +279,7 @@ class ChangeMessage(WireModel):
     change_id: str
     target: str
     kind: Literal["change", "retry"] = "change"
+    attempt: int = 0
     traceparent: str | None = None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from shared.errors import (
     NotFoundError,
     PermanentError,
     RequestError,
+    RetryableError,
     WritebackError,
 )
 from shared.faults import checkpoint
@@ -51,6 +53,18 @@ class PolicyDeniedError(ForbiddenError):
 
 def _hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+BACKOFF_BASE_SECONDS = 2.0
+MAX_MERGES_ON_CONFLICT = 3
+BACKOFF_CAP_SECONDS = 300.0
+
+
+def retry_delay(attempt: int, retry_after: float | None) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential backoff with jitter, never less than Retry-After."""
+    backoff = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+    jittered = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+    return float(round(max(jittered, retry_after or 0.0), 3))
 
 
 def outcome(record: ChangeRecord) -> StepResult:
@@ -83,12 +97,27 @@ class ChangePipeline:
 
     # --- shared plumbing ---------------------------------------------------------------------------------------
 
-    def _run(self, change_id: str, step: Callable[[ChangeRecord], StepResult]) -> StepResult:
-        """Run a step on the cached record; if it went stale, once more on a fresh one."""
+    def _run(self, change_id: str, step: Callable[[ChangeRecord], StepResult], attempt: int = 0) -> StepResult:
+        """Run a step on the cached record (once more on a fresh one if it went stale).
+
+        A transient downstream failure is not raised: the step answers ``retry`` with how long to wait (the larger of
+        the target's ``Retry-After`` and an exponential backoff, with jitter), and the orchestration waits on a
+        durable timer — so a throttled or broken target makes changes wait, not fail, until their deadline.
+        """
         try:
-            return step(self.journal.load(change_id))
-        except ConcurrencyError:
-            return step(self.journal.load(change_id, fresh=True))
+            try:
+                return step(self.journal.load(change_id))
+            except ConcurrencyError:
+                return step(self.journal.load(change_id, fresh=True))
+        except RetryableError as exc:
+            return {
+                "changeId": change_id,
+                "status": self.journal.load(change_id).status.value,
+                "retry": True,
+                "retryAfter": retry_delay(attempt, exc.retry_after),
+                "code": exc.code,
+                "downstreamStatus": exc.downstream_status,
+            }
 
     def _request(self, record: ChangeRecord) -> ChangeRequest:
         return ChangeRequest.model_validate_json(self.payloads.get(record.payload))
@@ -108,13 +137,16 @@ class ChangePipeline:
 
     # --- prepare ---------------------------------------------------------------------------------------------
 
-    def prepare(self, change_id: str) -> StepResult:
-        return self._run(change_id, self._prepare)
+    def prepare(self, change_id: str, attempt: int = 0) -> StepResult:
+        return self._run(change_id, self._prepare, attempt)
 
     def _prepare(self, record: ChangeRecord) -> StepResult:
         if record.status is not ChangeStatus.ACCEPTED:
             return outcome(record)
         request = self._request(record)
+        if record.replan:
+            # An approver chose to plan this change again on the target's current version, ignoring its base.
+            request = request.model_copy(update={"base_version": None})
         steps = [Step("validating", {"operation": record.operation.value}, status=ChangeStatus.VALIDATING)]
         try:
             target = self._target(record)
@@ -261,8 +293,8 @@ class ChangePipeline:
 
     # --- write -----------------------------------------------------------------------------------------------
 
-    def write(self, change_id: str) -> StepResult:
-        return self._run(change_id, self._write)
+    def write(self, change_id: str, attempt: int = 0) -> StepResult:
+        return self._run(change_id, self._write, attempt)
 
     def _plan_of(self, record: ChangeRecord) -> Plan:
         body = record.plan or {}
@@ -289,24 +321,58 @@ class ChangePipeline:
         writer = FhirWriter(self.fhir(target), target)
         source = (record.plan or {}).get("source") or record.requested_by.app_id
         checkpoint("write.before")
-        try:
-            written = writer.write(
-                record,
-                plan,
-                source=source,
-                recorded=self._clock(),
-                reason=request.reason,
-                approver=(record.approval or {}).get("decidedBy"),
-                patch_ops=[op.to_wire() for op in request.patch] if request.patch else None,
-            )
-        except ConflictError as exc:
-            return self._end(record, ChangeStatus.CONFLICT, [], exc)
-        except (PermanentError, AuthError, NotFoundError) as exc:
-            return self._end(record, ChangeStatus.FAILED, [], exc)
+        merges: list[Step] = []
+        while True:
+            try:
+                written = writer.write(
+                    record,
+                    plan,
+                    source=source,
+                    recorded=self._clock(),
+                    reason=request.reason,
+                    approver=(record.approval or {}).get("decidedBy"),
+                    patch_ops=[op.to_wire() for op in request.patch] if request.patch else None,
+                )
+                break
+            except PlanConflictError as exc:
+                conflict = {"ours": exc.ours, "theirs": exc.theirs, "overlap": exc.overlap}
+                return self._end(
+                    record, ChangeStatus.CONFLICT, merges, exc, plan={**(record.plan or {}), "conflict": conflict}
+                )
+            except ConflictError as exc:
+                if len(merges) >= MAX_MERGES_ON_CONFLICT:
+                    return self._end(record, ChangeStatus.CONFLICT, merges, exc)
+                try:
+                    plan = self._merge_on_conflict(writer.client, target, plan)
+                except PlanConflictError as conflict_exc:
+                    conflict = {
+                        "ours": conflict_exc.ours,
+                        "theirs": conflict_exc.theirs,
+                        "overlap": conflict_exc.overlap,
+                    }
+                    return self._end(
+                        record,
+                        ChangeStatus.CONFLICT,
+                        merges,
+                        conflict_exc,
+                        plan={**(record.plan or {}), "conflict": conflict},
+                    )
+                except ConflictError as cannot:
+                    return self._end(record, ChangeStatus.CONFLICT, merges, cannot)
+                merges.append(
+                    Step(
+                        "merged-on-conflict",
+                        {"currentVersion": plan.current_version, "downstreamPaths": plan.downstream_paths},
+                        status=ChangeStatus.WRITING,
+                    )
+                )
+            except (PermanentError, AuthError, NotFoundError) as exc:
+                return self._end(record, ChangeStatus.FAILED, merges, exc)
         checkpoint("write.after")
         drift = verify(plan.proposed, written.written, plan.changed_paths) if written.written else []
         verified = written.written is not None and not drift
         steps = [
+            *merges,
             Step(
                 "written",
                 {
@@ -345,6 +411,36 @@ class ChangePipeline:
         }
         done = self.journal.record(record, steps, status=ChangeStatus.COMPLETED, result=result, resource_id=resource_id)
         return outcome(done)
+
+    def _merge_on_conflict(self, client: FhirClient, target: TargetConfig, plan: Plan) -> Plan:
+        """After a 412: re-read, and put our planned change on top of the new version if the changes are disjoint.
+
+        Ours is what the plan meant to write on top of the version it read (so an earlier merge is kept); theirs is
+        what changed at the target since. Overlap → PlanConflictError; no vread → ConflictError.
+        """
+        if not target.capabilities.vread or plan.current_version is None or plan.resource_id is None:
+            raise ConflictError(detail="the target changed and cannot return the version the plan read")
+        current = client.read(plan.resource_type, plan.resource_id)
+        base = client.vread(plan.resource_type, plan.resource_id, plan.current_version).resource
+        intended = ChangeRequest(
+            target=target.id,
+            operation=Operation.UPDATE,
+            resource={**plan.proposed, "id": plan.resource_id},
+            base_version=plan.current_version,
+        )
+        merged = plan_change(intended, current=current.resource, current_version=current.version_id, base=base)
+        return Plan(
+            operation=plan.operation,
+            resource_type=plan.resource_type,
+            resource_id=plan.resource_id,
+            base_version=plan.base_version,
+            current_version=merged.current_version,
+            proposed=merged.proposed,
+            diff=merged.diff,
+            changed_paths=merged.changed_paths,
+            merged=True,
+            downstream_paths=merged.downstream_paths,
+        )
 
     # --- unhappy ends ----------------------------------------------------------------------------------------
 

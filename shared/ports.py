@@ -68,9 +68,12 @@ class ChangeStore(Protocol):
         status: ChangeStatus | None = None,
         target: str | None = None,
         resource_type: str | None = None,
+        verified: bool | None = None,
         page_size: int = 50,
         continuation_token: str | None = None,
-    ) -> Page[ChangeRecord]: ...
+    ) -> Page[ChangeRecord]:
+        """Records matching every filter given; ``verified=False`` lists completed changes whose read-back drifted."""
+        ...
 
     def index_resource(self, entry: ResourceChange) -> None:
         """Add a resource index row (idempotent: the same entry twice is one row)."""

@@ -36,7 +36,9 @@ CONTENT_TYPE = "application/json"
 
 
 def message_id_for(message: ChangeMessage) -> str:
-    """The broker's de-duplication key: the change id."""
+    """The broker's de-duplication key: the change id (and, for an operator's retry, which retry it is)."""
+    if message.kind == "retry":
+        return f"{message.change_id}:retry:{message.attempt}"
     return message.change_id
 
 

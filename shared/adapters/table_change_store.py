@@ -57,6 +57,7 @@ def record_entity(record: ChangeRecord) -> dict[str, Any]:
         "ResourceType": record.resource_type,
         "SubmittedAt": record.submitted_at,
         "UpdatedAt": record.updated_at,
+        **({"Verified": bool(record.result["verified"])} if record.result and "verified" in record.result else {}),
         **pack_json(record.model_dump(mode="json", by_alias=True, exclude_none=True)),
     }
 
@@ -144,10 +145,13 @@ class TableChangeStore:
         status: ChangeStatus | None = None,
         target: str | None = None,
         resource_type: str | None = None,
+        verified: bool | None = None,
         page_size: int = 50,
         continuation_token: str | None = None,
     ) -> Page[ChangeRecord]:
         clauses = [f"RowKey eq '{RECORD_ROW}'"]
+        if verified is not None:
+            clauses.append(f"Verified eq {'true' if verified else 'false'}")
         if status is not None:
             clauses.append(f"Status eq {odata_quote(status.value)}")
         if target is not None:

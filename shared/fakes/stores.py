@@ -139,10 +139,13 @@ class FakeChangeStore:
         status: ChangeStatus | None = None,
         target: str | None = None,
         resource_type: str | None = None,
+        verified: bool | None = None,
         page_size: int = 50,
         continuation_token: str | None = None,
     ) -> Page[ChangeRecord]:
         checks: list[Callable[[ChangeRecord], bool]] = []
+        if verified is not None:
+            checks.append(lambda r: r.result is not None and r.result.get("verified") is verified)
         if status is not None:
             checks.append(lambda r: r.status == status)
         if target is not None:

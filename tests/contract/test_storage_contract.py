@@ -310,3 +310,12 @@ def test_small_payload_is_inline_and_large_goes_to_a_blob(stores: Stores) -> Non
     assert ref2.kind == "blob" and ref2.size == len(large)
     assert stores.payloads.get(ref2) == large
     assert stores.payloads.put("p2", large) == ref2
+
+
+def test_query_finds_drifted_completions(stores: Stores) -> None:
+    for cid, verified in (("v1", True), ("v2", False), ("v3", None)):
+        result = None if verified is None else {"versionId": "x", "verified": verified}
+        stores.changes.create(change_record(cid, status=ChangeStatus.COMPLETED, result=result), event(cid, 1))
+    drifted = stores.changes.query(verified=False).items
+    assert [r.change_id for r in drifted] == ["v2"]
+    assert [r.change_id for r in stores.changes.query(verified=True).items] == ["v1"]

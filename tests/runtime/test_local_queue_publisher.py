@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from devhost.servicebus import LocalServiceBus
 from devhost.servicebus_trigger import queue_routes
 from shared.adapters.local_queue_publisher import LocalQueuePublisher, wire_payload
-from shared.adapters.servicebus_publisher import build_message
+from shared.adapters.servicebus_publisher import build_message, message_id_for
 from shared.errors import ConfigurationError, PermanentError, RetryableError
 from shared.models import ChangeMessage
 from shared.ports import MessagePublisher
@@ -55,7 +55,7 @@ def assert_arrived_as_built(bus: LocalServiceBus, queue: str, change: ChangeMess
     expected = build_message(change)
     [got] = bus.receive(queue, max_messages=10)
     assert got.body == b"".join(expected.body)
-    assert got.message_id == expected.message_id == change.change_id
+    assert got.message_id == expected.message_id == message_id_for(change)
     assert got.application_properties == expected.application_properties
     assert got.content_type == expected.content_type
     assert got.subject == expected.subject
@@ -84,9 +84,18 @@ def test_a_duplicate_publish_succeeds_and_is_dropped(endpoint: str, bus: LocalSe
     with LocalQueuePublisher(endpoint, "changes") as publisher:
         publisher.publish(change)
         publisher.publish(change)
-        publisher.publish(ChangeMessage(change_id="chg-3", target="ehr", kind="retry"))  # same id, dropped too
     assert bus.counts("changes")["active"] == 1
     assert_arrived_as_built(bus, "changes", change)
+
+
+def test_an_operators_retry_is_a_new_message_and_its_repeat_is_dropped(endpoint: str, bus: LocalServiceBus) -> None:
+    with LocalQueuePublisher(endpoint, "changes") as publisher:
+        publisher.publish(ChangeMessage(change_id="chg-4", target="ehr"))
+        retry = ChangeMessage(change_id="chg-4", target="ehr", kind="retry", attempt=1)
+        publisher.publish(retry)
+        publisher.publish(retry)
+    ids = sorted(m.message_id for m in bus.receive("changes", max_messages=10))
+    assert ids == ["chg-4", "chg-4:retry:1"]
 
 
 def test_through_the_test_client_transport(bus: LocalServiceBus) -> None:

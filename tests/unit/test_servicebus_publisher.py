@@ -38,6 +38,7 @@ def test_message_carries_ids_only_and_is_keyed_on_the_change_id() -> None:
         "changeId": "chg-123",
         "target": "local-ehr",
         "kind": "change",
+        "attempt": 0,
         "traceparent": TRACEPARENT,
     }
     assert message.message_id == "chg-123"

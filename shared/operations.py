@@ -1,0 +1,117 @@
+"""Operators' and approvers' tools for changes that did not complete: retry, re-plan, discard, bulk replay.
+
+A retry keeps the change id: the change goes back to ``accepted`` (lineage ``retry-requested``) and a new message is
+published (MessageId ``<changeId>:retry:<n>``), so the dispatcher starts its orchestration again. Only a change that
+ended ``failed``, ``conflict`` or ``expired`` can be retried, so replaying twice writes once: the second replay finds
+the change accepted or completed and leaves it alone; a write repeated after success recognises its own tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.errors import ConcurrencyError, StateConflictError, WritebackError
+from shared.journal import ChangeJournal, Step, utcnow
+from shared.models import ChangeMessage, ChangeRecord, ChangeStatus
+from shared.ports import MessagePublisher
+
+RETRYABLE = frozenset({ChangeStatus.FAILED, ChangeStatus.CONFLICT, ChangeStatus.EXPIRED})
+MAX_REPLAY = 1000
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    status: ChangeStatus
+    target: str | None = None
+    error_code: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, record: ChangeRecord) -> bool:
+        if self.error_code and not str((record.error or {}).get("type", "")).endswith(self.error_code):
+            return False
+        if self.since and record.updated_at < self.since:
+            return False
+        return not (self.until and record.updated_at > self.until)
+
+
+class OperationsService:
+    def __init__(
+        self, journal: ChangeJournal, publisher: MessagePublisher, *, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.journal = journal
+        self.publisher = publisher
+        self._clock = clock
+
+    def retry(self, change_id: str, actor: str, *, replan: bool = False) -> ChangeRecord:
+        """Run a failed / conflicting / expired change again; with ``replan``, on the target's current version."""
+        record = self.journal.load(change_id, fresh=True)
+        if record.status not in RETRYABLE:
+            raise StateConflictError(
+                f"The change is {record.status.value}; only failed, conflict or expired changes can be retried"
+            )
+        if replan and record.status is not ChangeStatus.CONFLICT:
+            raise StateConflictError("Only a change in conflict can be re-planned")
+        attempt = record.retries + 1
+        step = Step("retry-requested", {"by": actor, "attempt": attempt, "replan": replan, "from": record.status.value})
+        record = self.journal.record(
+            record,
+            [step],
+            status=ChangeStatus.ACCEPTED,
+            retries=attempt,
+            replan=replan or record.replan,
+            enqueued=False,
+            error=None,
+            result=None,
+            approval=None,
+        )
+        try:
+            self.publisher.publish(
+                ChangeMessage(change_id=change_id, target=record.target, kind="retry", attempt=attempt)
+            )
+        except WritebackError:
+            return record  # accepted again all the same; the sweeper publishes it
+        try:
+            return self.journal.record(record, [Step("enqueued", {"attempt": attempt})], enqueued=True)
+        except ConcurrencyError:
+            return self.journal.load(change_id, fresh=True)
+
+    def discard(self, change_id: str, actor: str) -> ChangeRecord:
+        record = self.journal.load(change_id, fresh=True)
+        if record.status is not ChangeStatus.CONFLICT:
+            raise StateConflictError(f"The change is {record.status.value}; only a change in conflict can be discarded")
+        return self.journal.record(
+            record, [Step("discarded", {"by": actor}, actor=actor)], status=ChangeStatus.CANCELLED
+        )
+
+    def matching(self, where: ReplayFilter, limit: int = MAX_REPLAY) -> list[ChangeRecord]:
+        found: list[ChangeRecord] = []
+        token = None
+        while len(found) < limit:
+            page = self.journal.store.query(
+                status=where.status, target=where.target, page_size=200, continuation_token=token
+            )
+            found += [r for r in page.items if where.matches(r)]
+            token = page.continuation_token
+            if token is None:
+                break
+        return found[:limit]
+
+    def replay(
+        self, where: ReplayFilter, actor: str, *, dry_run: bool, limit: int = MAX_REPLAY
+    ) -> dict[str, list[str]]:
+        if where.status not in RETRYABLE:
+            raise StateConflictError("Only failed, conflict or expired changes can be replayed")
+        matched = self.matching(where, limit)
+        retried: list[str] = []
+        skipped: list[str] = []
+        if not dry_run:
+            for record in matched:
+                try:
+                    self.retry(record.change_id, actor)
+                    retried.append(record.change_id)
+                except (StateConflictError, ConcurrencyError):
+                    skipped.append(record.change_id)
+        return {"matched": [r.change_id for r in matched], "retried": retried, "skipped": skipped}
