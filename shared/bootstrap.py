@@ -14,6 +14,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 
 from shared.adapters.blob_payload_store import BlobPayloadStore
+from shared.adapters.fhir_guard import CircuitBreaker, GuardedFhirClient, TokenBucket
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import token_provider_for
 from shared.adapters.local_queue_publisher import LocalQueuePublisher
@@ -129,7 +130,10 @@ def fhir_client(target: TargetConfig) -> FhirClient:
         client = _clients.get(target.id)
         if client is None:
             tokens = token_provider_for(target, managed_identity_client_id=get_settings().managed_identity_client_id)
-            client = _clients[target.id] = HttpFhirClient(target, tokens=tokens)
+            limiter = TokenBucket(target.rate_limit_per_second) if target.rate_limit_per_second else None
+            client = _clients[target.id] = GuardedFhirClient(
+                HttpFhirClient(target, tokens=tokens), limiter=limiter, breaker=CircuitBreaker()
+            )
         return client
 
 

@@ -177,7 +177,8 @@ class FhirWriter:
         if record.operation is not Operation.CREATE:
             resource["id"] = plan.resource_id
         mode = self.target.provenance
-        if mode == "transaction" and self.target.capabilities.transactions:
+        capabilities = self.target.capabilities
+        if mode == "transaction" and capabilities.transactions and capabilities.conditional_create:
             return self._transaction(record, plan, resource, recorded, reason, approver, comment)
         return self._then_provenance(
             record, plan, resource, recorded, reason, approver, comment, patch_ops, mode == "none"
@@ -289,7 +290,7 @@ class FhirWriter:
                 approver=approver,
                 approval_comment=comment,
             )
-            created = self.client.create(provenance, if_none_exist=self._tag_query(record))
+            created = self._create_once(provenance, record.change_id)
             calls += 1
             provenance_ref = _provenance_ref(created)
         return WriteOutcome(
@@ -310,7 +311,7 @@ class FhirWriter:
         patch_ops: Sequence[dict[str, Any]] | None,
     ) -> FhirResponse:
         if record.operation is Operation.CREATE:
-            return self.client.create(resource, if_none_exist=self._tag_query(record))
+            return self._create_once(resource, record.change_id)
         assert plan.resource_id is not None
         if record.operation is Operation.PATCH and patch_ops is not None and not plan.merged:
             tags = resource["meta"]["tag"]
@@ -351,6 +352,18 @@ class FhirWriter:
             already_applied=True,
             downstream_calls=calls,
         )
+
+    def _create_once(self, resource: dict[str, Any], change_id: str) -> FhirResponse:
+        """Create, unless this change already created it: If-None-Exist on the change tag, or a search first."""
+        tag_query = f"_tag={CHANGE_TAG_SYSTEM}|{change_id}"
+        if self.target.capabilities.conditional_create:
+            return self.client.create(resource, if_none_exist=tag_query)
+        found = self.client.search(resource["resourceType"], {"_tag": f"{CHANGE_TAG_SYSTEM}|{change_id}"})
+        entries = found.get("entry") or []
+        if entries and isinstance(entries[0].get("resource"), dict):
+            existing: dict[str, Any] = entries[0]["resource"]
+            return FhirResponse(status=200, resource=existing, version_id=_version_of(existing))
+        return self.client.create(resource)
 
     @staticmethod
     def _tag_query(record: ChangeRecord) -> str:

@@ -135,3 +135,21 @@ def test_a_real_conflict_is_not_mistaken_for_a_repeat(client_for: Any) -> None:
     plan = plan_change(request, current=current, current_version=current["meta"]["versionId"])
     with pytest.raises(ConflictError):
         FhirWriter(client, target).write(record_for(request), plan, source="crm", recorded=NOW, reason=None)
+
+
+def test_without_conditional_create_a_repeated_create_searches_first(client_for: Any) -> None:
+    client, target = client_for("after")
+    target = target.model_copy(
+        update={"capabilities": target.capabilities.model_copy(update={"conditional_create": False})}
+    )
+    request = ChangeRequest.model_validate(
+        {"target": "local-ehr", "operation": "create", "resource": {"resourceType": "Patient", "gender": "male"}}
+    )
+    plan = plan_change(request, current=None, current_version=None)
+    record = record_for(request)
+    writer = FhirWriter(client, target)
+    first = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
+    again = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
+    assert again.resource_id == first.resource_id
+    assert len(client.search("Patient", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"}).get("entry", [])) == 1
+    assert len(client.search("Provenance", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"}).get("entry", [])) == 1

@@ -1,0 +1,165 @@
+"""Protection for a target FHIR server: a per-target rate limit and a circuit breaker, around any ``FhirClient``.
+
+- Rate limit: a token bucket per target (``rate_limit_per_second`` in the targets file). A call waits for a token
+  for up to ``max_wait`` seconds; past that it raises ``RetryableError`` with the wait, so the change waits on a
+  durable timer instead of holding a worker.
+- Circuit breaker: after ``failure_threshold`` transient failures in a row, the target is left alone for
+  ``cooldown`` seconds: calls fail fast with ``CircuitOpenError`` (retryable, carrying the time left), so changes
+  wait rather than pile onto a failing EHR; then one trial call decides between closing and opening again.
+Permanent errors (4xx) are the caller's problem, not the target's health: they do not trip the breaker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from shared.errors import RetryableError
+from shared.ports import FhirClient, FhirResponse
+
+T = TypeVar("T")
+
+
+class CircuitOpenError(RetryableError):
+    code = "circuit-open"
+    title = "Target temporarily avoided after repeated failures"
+
+
+class TokenBucket:
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        # No burst by default: calls are spaced 1/rate apart, so no one-second window holds more than ``rate``.
+        self.capacity = burst if burst is not None else 1.0
+        self._tokens = self.capacity
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def _reserve(self) -> float:
+        """Take a token (possibly going into debt) and return how long to wait before using it."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= 1
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def acquire(self, max_wait: float) -> None:
+        wait = self._reserve()
+        if wait > max_wait:
+            with self._lock:
+                self._tokens += 1  # give the token back: this call will not happen now
+            raise RetryableError(detail="rate limit for the target reached", retry_after=wait)
+        if wait > 0:
+            self._sleep(wait)
+
+
+class CircuitBreaker:
+    def __init__(
+        self, *, failure_threshold: int = 5, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial = False
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._opened_at is not None
+
+    def before_call(self) -> None:
+        with self._lock:
+            if self._opened_at is None:
+                return
+            remaining = self._opened_at + self.cooldown - self._clock()
+            if remaining > 0 or self._trial:
+                raise CircuitOpenError(detail="the target failed repeatedly", retry_after=max(remaining, 1.0))
+            self._trial = True  # half-open: this call is the one trial
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._failures, self._opened_at, self._trial = 0, None, False
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._trial or self._failures >= self.failure_threshold:
+                self._opened_at, self._trial = self._clock(), False
+
+
+class GuardedFhirClient:
+    """A ``FhirClient`` that goes through the target's rate limit and circuit breaker."""
+
+    def __init__(
+        self,
+        inner: FhirClient,
+        *,
+        limiter: TokenBucket | None,
+        breaker: CircuitBreaker | None,
+        max_wait: float = 5.0,
+    ) -> None:
+        self.inner = inner
+        self.limiter = limiter
+        self.breaker = breaker
+        self.max_wait = max_wait
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        if self.breaker is not None:
+            self.breaker.before_call()
+        if self.limiter is not None:
+            self.limiter.acquire(self.max_wait)
+        try:
+            result = fn()
+        except RetryableError:
+            if self.breaker is not None:
+                self.breaker.failed()
+            raise
+        except Exception:
+            if self.breaker is not None:
+                self.breaker.succeeded()  # the target answered: it is up, the request was the problem
+            raise
+        if self.breaker is not None:
+            self.breaker.succeeded()
+        return result
+
+    def read(self, resource_type: str, resource_id: str) -> FhirResponse:
+        return self._call(lambda: self.inner.read(resource_type, resource_id))
+
+    def vread(self, resource_type: str, resource_id: str, version_id: str) -> FhirResponse:
+        return self._call(lambda: self.inner.vread(resource_type, resource_id, version_id))
+
+    def search(self, resource_type: str, params: Mapping[str, str]) -> dict[str, Any]:
+        return self._call(lambda: self.inner.search(resource_type, params))
+
+    def create(self, resource: dict[str, Any], *, if_none_exist: str | None = None) -> FhirResponse:
+        return self._call(lambda: self.inner.create(resource, if_none_exist=if_none_exist))
+
+    def update(self, resource: dict[str, Any], *, if_match: str | None = None) -> FhirResponse:
+        return self._call(lambda: self.inner.update(resource, if_match=if_match))
+
+    def patch(
+        self,
+        resource_type: str,
+        resource_id: str,
+        operations: Sequence[dict[str, Any]],
+        *,
+        if_match: str | None = None,
+    ) -> FhirResponse:
+        return self._call(lambda: self.inner.patch(resource_type, resource_id, operations, if_match=if_match))
+
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        return self._call(lambda: self.inner.transaction(bundle))
