@@ -222,6 +222,7 @@ function renderDetail(c) {
   problem.hidden = true;
   if (c.error) showProblem(c.error, problem);
   $("decision-form").hidden = c.status !== "awaiting_approval";
+  $("resolve-form").hidden = c.status !== "conflict";
   $("detail").hidden = false;
 }
 
@@ -266,6 +267,23 @@ async function decide(decision) {
   }
 }
 
+async function resolve(action) {
+  clearProblem();
+  $("message").textContent = "";
+  try {
+    const { status } = await api(`${API}/${encodeURIComponent(selected)}/resolve`, {
+      method: "POST",
+      body: JSON.stringify({ action: action }),
+    });
+    await refresh();
+    $("message").textContent = action === "replan"
+      ? `Re-planned (${status}): the change runs again on the current version, through the policy.`
+      : `Discarded (${status}): nothing will be written.`;
+  } catch (err) {
+    showProblem(err);
+  }
+}
+
 // --- wiring ---------------------------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -293,6 +311,11 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     const decision = event.submitter && event.submitter.value;
     if (decision === "approve" || decision === "reject") decide(decision);
+  });
+  $("resolve-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const action = event.submitter && event.submitter.value;
+    if (action === "replan" || action === "discard") resolve(action);
   });
   refresh();
 });

@@ -238,6 +238,10 @@ def test_approver_reviews_and_approves_a_name_change_in_the_browser(
     page.locator("#detail-problem").wait_for()
     assert "changed since the base version" in page.locator("#detail-problem").text_content()
     assert page.locator("#decision-form").is_hidden()
+    # The approver discards it from the page.
+    page.get_by_role("button", name="Discard").click()
+    page.wait_for_function("() => document.getElementById('message').textContent.startsWith('Discarded')")
+    assert gateway.wait(conflict_id)["status"] == "cancelled"
 
     # No PHI went into a URL; nothing broke the CSP (no inline script, no HTML sinks under Trusted Types).
     assert tab.urls and not [u for u in tab.urls if family in u]
