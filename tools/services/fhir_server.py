@@ -1,7 +1,8 @@
 """Start the local FHIR R4 server (``tools/fhir-server/server.mjs``, Medplum's router over memory) as a child process.
 
 :class:`FhirServer` also drives the server's test controls: :meth:`FhirServer.reset` empties it,
-:meth:`FhirServer.inject` makes the next requests fail or hang, :meth:`FhirServer.stats` counts what reached it.
+:meth:`FhirServer.inject` makes the next requests fail or hang, :meth:`FhirServer.inject_random` makes a share of
+all requests fail or hang until cleared, :meth:`FhirServer.stats` counts what reached it.
 """
 
 from __future__ import annotations
@@ -64,11 +65,37 @@ class FhirServer:
             fault["methods"] = [m.upper() for m in methods]
         self._control("POST", "/faults", json=fault)
 
+    def inject_random(self, rules: list[dict[str, Any]], seed: int | None = None) -> dict[str, Any]:
+        """Make a share of the FHIR requests fail or hang, until :meth:`clear_faults`.
+
+        Each rule: ``probability`` (0 < p <= 1), and ``status`` and/or ``delay_ms``, optionally ``retry_after``,
+        ``methods``, ``after`` (as for :meth:`inject`) and ``count`` (fire at most that often). A request draws once
+        and takes the first rule whose cumulative probability covers the draw, so ``[{"probability": 0.3,
+        "status": 429}, {"probability": 0.1, "status": 503}]`` fails 30 % of the requests with 429 and 10 % with
+        503; the probabilities may add up to 1 at most. ``seed`` makes the draws repeatable. Counted rules from
+        :meth:`inject` go first. Returns the stored rules and the seed.
+        """
+        names = {"retry_after": "retryAfter", "delay_ms": "delayMs"}
+        wire = []
+        for rule in rules:
+            converted = {names.get(k, k): v for k, v in rule.items()}
+            if "methods" in converted:
+                converted["methods"] = [m.upper() for m in converted["methods"]]
+            wire.append(converted)
+        spec: dict[str, Any] = {"rules": wire}
+        if seed is not None:
+            spec["seed"] = seed
+        result: dict[str, Any] = self._control("POST", "/faults", json=spec).json()
+        return result
+
     def clear_faults(self) -> None:
         self._control("DELETE", "/faults")
 
     def stats(self) -> dict[str, Any]:
-        """``{"requests": n, "byMethod": {...}, "byStatus": {...}, "faultsServed": n, "pendingFaults": [...]}``."""
+        """``{"requests", "byMethod", "byStatus", "faultsServed", "faultsByKind", "seed", "pendingFaults"}``.
+
+        ``faultsByKind`` counts the faults served by kind: ``"429"``, ``"503"``, ``"delay"``, ``"504+delay+after"``...
+        """
         result: dict[str, Any] = self._control("GET", "/stats").json()
         return result
 
