@@ -241,6 +241,7 @@ def changes_api() -> ChangesApi:
         max_body_bytes=settings.max_body_bytes,
         approval_links=approval_links if settings.approval_signing_keys is not None else None,
         operations=operations,
+        known_targets=lambda: targets().ids(),
     )
 
 

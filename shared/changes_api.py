@@ -7,7 +7,8 @@ input is always a 4xx naming the field. Anything unexpected is logged (ids only)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -19,7 +20,7 @@ from shared.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_
 from shared.errors import Issue, NotFoundError, PayloadTooLargeError, RequestError, WritebackError
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
-from shared.models import ChangeRecord, ChangeStatus, Principal
+from shared.models import RESOURCE_REF, ChangeRecord, ChangeStatus, Principal
 from shared.operations import OperationsService, ReplayFilter
 from shared.policy import Policy
 from shared.status_view import RETRY_AFTER_SECONDS, accepted_body, lineage_body, status_body
@@ -51,8 +52,10 @@ class ChangesApi:
         max_body_bytes: int,
         approval_links: Callable[[], ApprovalLinks] | None = None,
         operations: Callable[[], OperationsService] | None = None,
+        known_targets: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self._operations = operations
+        self._known_targets = known_targets
         self._authenticate = authenticate
         self._intake = intake
         self._journal = journal
@@ -182,6 +185,13 @@ class ChangesApi:
         def action() -> ApiResponse:
             principal = self._authenticate(headers)
             require_role(principal, ROLE_AUDIT, ROLE_OPERATE)
+            if not RESOURCE_REF.match(f"{resource_type}/{resource_id}"):
+                raise RequestError(
+                    "Not a FHIR resource type and id",
+                    issues=[Issue("resourceType/id", "invalid", "a FHIR resource type and a FHIR id")],
+                )
+            if self._known_targets is not None and target not in self._known_targets():
+                raise NotFoundError(f"unknown target {target!r}")
             scope = self._scope(principal)
             if scope is not None and target not in scope:
                 raise NotFoundError(f"no lineage for {resource_type}/{resource_id} at {target}")
@@ -368,7 +378,7 @@ def _callback_body(body: bytes) -> CallbackBody:
 
 def _page_size(params: Mapping[str, str]) -> int:
     raw = params.get("pageSize") or "50"
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise RequestError(
             "pageSize is out of range",
             issues=[Issue("pageSize", "invalid", f"a whole number from 1 to {MAX_PAGE_SIZE}")],

@@ -181,7 +181,7 @@ HumanName, Address, Identifier, Quantity and its profiles, Narrative) apply in e
 
 # --- syntax -----------------------------------------------------------------------------------------------------
 
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_ID = re.compile(r"(?!\.+$)[A-Za-z0-9\-.]{1,64}")  # dots alone ('.', '..') would be path segments
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _SAFE_KEY = re.compile(r"_?[A-Za-z][A-Za-z0-9_]{0,63}")
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")

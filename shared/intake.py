@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -86,15 +87,90 @@ def check_idempotency_key(key: str | None) -> str:
     return key
 
 
+MAX_JSON_DEPTH = 64
+
+
+def _invalid_json(message: str) -> RequestError:
+    return RequestError("The request body is not valid JSON", issues=[Issue("", "invalid-json", message)])
+
+
+def _escape(token: str | int) -> str:
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _refuse(pointer: str, code: str, detail: str, message: str) -> RequestError:
+    return RequestError(detail, issues=[Issue(pointer, code, message)])
+
+
+def _check_values(data: Any) -> None:
+    """Find what JSON text may hold but a change request must not, and name where it is (JSON pointer): NaN,
+    Infinity and out-of-range numbers, unpaired surrogate escapes, nesting deeper than ``MAX_JSON_DEPTH``.
+    Iterative, so a hostile document cannot exhaust the stack."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 1)]
+    while stack:
+        item, pointer, level = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise _refuse(
+                pointer,
+                "invalid-json",
+                "The request body holds a number JSON cannot carry",
+                "NaN, Infinity and out-of-range numbers are not JSON",
+            )
+        if isinstance(item, str) and not _utf8_ok(item):
+            raise _refuse(
+                pointer, "invalid-json", "The request body holds an unpaired surrogate escape", "not a Unicode string"
+            )
+        if isinstance(item, dict | list):
+            if level > MAX_JSON_DEPTH:
+                raise _refuse(
+                    pointer,
+                    "too-deep",
+                    f"The request body is nested deeper than {MAX_JSON_DEPTH} levels",
+                    f"at most {MAX_JSON_DEPTH} levels of nesting",
+                )
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, value in pairs:
+                if isinstance(key, str) and not _utf8_ok(key):
+                    raise _refuse(
+                        pointer,
+                        "invalid-json",
+                        "The request body holds an unpaired surrogate escape",
+                        "a member name is not a Unicode string",
+                    )
+                stack.append((value, f"{pointer}/{_escape(key)}", level + 1))
+
+
+def strict_json(body: bytes) -> Any:
+    """RFC 8259 JSON in UTF-8 only (no BOM); NaN, Infinity, out-of-range numbers, unpaired surrogates and deep
+    nesting refused with the place named. Anything wrong is a 400, never a 5xx."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid_json("the body must be UTF-8") from None
+    if text.startswith("\ufeff"):
+        raise _invalid_json("the body must not start with a byte order mark")
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise _invalid_json(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        where = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise _invalid_json(f"not valid JSON{where}") from None
+    _check_values(data)
+    return data
+
+
 def parse_change_request(body: bytes, targets: TargetRegistry) -> tuple[ChangeRequest, Any]:
     """The validated request and its parsed JSON; RequestError / FhirValidationError name what is wrong."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        where = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise RequestError(
-            "The request body is not valid JSON", issues=[Issue("", "invalid-json", f"not valid JSON{where}")]
-        ) from None
+    data = strict_json(body)
     if not isinstance(data, dict):
         raise RequestError("The request body must be a JSON object", issues=[Issue("", "type", "expected an object")])
     try:

@@ -11,12 +11,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 T = TypeVar("T")
 
-RESOURCE_REF = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})$")
+RESOURCE_REF = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>(?!\.+$)[A-Za-z0-9\-.]{1,64})$")
 
 
 class WireModel(BaseModel):
@@ -123,7 +123,7 @@ class ChangeRequest(WireModel):
     patch: list[PatchOperation] | None = None
     base_version: str | None = None
     reason: str | None = Field(default=None, max_length=1024)
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
     @field_validator("base_version", mode="before")
     @classmethod

@@ -36,7 +36,7 @@ JSON_PATCH = "application/json-patch+json"
 USER_AGENT = "fhir-writeback-gateway"
 
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")
 _HISTORY_IN_LOCATION = re.compile(r"/_history/([^/?#]+)")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})

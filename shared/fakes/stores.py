@@ -35,6 +35,8 @@ def _page(rows: list[tuple[str, T]], page_size: int, continuation_token: str | N
     """Page over rows sorted by key; the token carries the first key of the next page."""
     size = max(1, min(page_size, 1000))
     start_key = (decode_token(continuation_token) or {}).get("next")
+    if start_key is not None and not isinstance(start_key, str):
+        start_key = None  # not a token this store issued: start from the beginning, as Table Storage would
     rows = sorted(rows, key=lambda r: r[0])
     if start_key is not None:
         rows = [r for r in rows if r[0] >= start_key]
