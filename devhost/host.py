@@ -76,7 +76,9 @@ class LocalRuntime:
             self.index, self.state_dir / "durable.db", task_hub=task_hub, activity_workers=self.activity_workers
         )
         sb_settings = host_json.get("extensions", {}).get("serviceBus", {})
-        self.bus = LocalServiceBus(self.state_dir / "servicebus.db")
+        # The lock duration of the local queue (Service Bus: 60 s); shorter makes crash tests quicker.
+        lock_seconds = float(os.environ.get("WRITEBACK_DEV_SERVICEBUS_LOCK_SECONDS", "60"))
+        self.bus = LocalServiceBus(self.state_dir / "servicebus.db", lock_duration=lock_seconds)
         client_json = client_binding_json(self.base_url, task_hub)
         pump = ServiceBusTriggerPump(self.index, self.bus, host_json=host_json, durable_client_json=lambda: client_json)
         timers = TimerPump(self.index, state_db=self.state_dir / "timers.db", durable_client_json=lambda: client_json)
