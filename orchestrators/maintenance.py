@@ -9,7 +9,7 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.config import get_settings
-from shared.maintenance import purge_idempotency_keys, sweep_unpublished
+from shared.maintenance import fail_stuck, purge_idempotency_keys, sweep_unpublished
 
 bp = df.Blueprint()
 log = logging.getLogger("writeback.maintenance")
@@ -23,6 +23,10 @@ def purge_expired_keys(timer: func.TimerRequest) -> None:
 
 @bp.timer_trigger(arg_name="timer", schedule="*/30 * * * * *", run_on_startup=False, use_monitor=False)
 def sweep_unpublished_changes(timer: func.TimerRequest) -> None:
-    published = sweep_unpublished(bootstrap.intake(), older_than_seconds=get_settings().sweep_after_seconds)
+    settings = get_settings()
+    published = sweep_unpublished(bootstrap.intake(), older_than_seconds=settings.sweep_after_seconds)
     if published:
         log.info("republished %d changes left unpublished", published)
+    stuck = fail_stuck(bootstrap.journal(), older_than_seconds=int(settings.stuck_after_minutes * 60))
+    if stuck:
+        log.warning("%d changes were never picked up (dead-lettered messages?) and are now failed", stuck)

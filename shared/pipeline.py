@@ -13,6 +13,7 @@ with ONE journal transition (record and its lineage events together). Step resul
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -110,14 +111,13 @@ class ChangePipeline:
             except ConcurrencyError:
                 return step(self.journal.load(change_id, fresh=True))
         except RetryableError as exc:
-            return {
-                "changeId": change_id,
-                "status": self.journal.load(change_id).status.value,
-                "retry": True,
-                "retryAfter": retry_delay(attempt, exc.retry_after),
-                "code": exc.code,
-                "downstreamStatus": exc.downstream_status,
-            }
+            wait = retry_delay(attempt, exc.retry_after)
+            record = self.journal.load(change_id)
+            details = {"code": exc.code, "downstreamStatus": exc.downstream_status, "retryAfter": wait}
+            with contextlib.suppress(ConcurrencyError):
+                # Lineage shows the wait, and the record's updatedAt shows the change is alive, not stuck.
+                record = self.journal.record(record, [Step("waiting-to-retry", {**details, "attempt": attempt + 1})])
+            return {"changeId": change_id, "status": record.status.value, "retry": True, **details}
 
     def _request(self, record: ChangeRecord) -> ChangeRequest:
         return ChangeRequest.model_validate_json(self.payloads.get(record.payload))

@@ -13,7 +13,7 @@ from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
-from shared.maintenance import purge_idempotency_keys, sweep_unpublished
+from shared.maintenance import fail_stuck, purge_idempotency_keys, sweep_unpublished
 from shared.models import ChangeStatus, IdempotencyRecord, Principal
 from shared.targets import TargetRegistry
 
@@ -117,3 +117,13 @@ def test_purge_drops_keys_past_retention(parts, clock: Clock) -> None:
     assert purge_idempotency_keys(idem, clock.now + timedelta(hours=71)) == 0
     assert purge_idempotency_keys(idem, clock.now + timedelta(hours=73)) == 1
     assert idem.get(CRM.caller_key, "old") is None
+
+
+def test_a_change_published_but_never_started_becomes_failed_for_operators(parts, clock: Clock) -> None:
+    intake, _, changes, _ = parts
+    record = intake.submit(CRM, "stuck", BODY).change
+    assert fail_stuck(intake.journal, older_than_seconds=1800, now=clock.now + timedelta(minutes=10)) == 0
+    assert fail_stuck(intake.journal, older_than_seconds=1800, now=clock.now + timedelta(minutes=31)) == 1
+    stuck = changes.get(record.change_id)
+    assert stuck is not None and stuck.status is ChangeStatus.FAILED
+    assert stuck.error is not None and stuck.error["type"].endswith("not-dispatched")
