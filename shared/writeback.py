@@ -333,8 +333,22 @@ class FhirWriter:
             raise ConflictError(detail="create conflicted at the target")
         current = self.client.read(plan.resource_type, plan.resource_id)
         calls += 1
-        if not has_change_tag(current.resource, record.change_id):
-            raise ConflictError(detail=f"{plan.resource_type} changed at the target since it was read")
+        mine: dict[str, Any] | None = current.resource if has_change_tag(current.resource, record.change_id) else None
+        version_id = current.version_id
+        if mine is None:
+            # Our earlier write may have landed (its answer lost) and been overwritten since: look in the history.
+            calls += 1
+            mine = next(
+                (
+                    v
+                    for v in self.client.versions(plan.resource_type, plan.resource_id)
+                    if has_change_tag(v, record.change_id)
+                ),
+                None,
+            )
+            if mine is None:
+                raise ConflictError(detail=f"{plan.resource_type} changed at the target since it was read")
+            version_id = _version_of(mine)
         provenance = None
         if self.target.provenance != "none":
             found = self.client.search("Provenance", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"})
@@ -344,10 +358,10 @@ class FhirWriter:
                 prov_id = (entries[0].get("resource") or {}).get("id")
                 provenance = f"Provenance/{prov_id}" if prov_id else None
         return WriteOutcome(
-            version_id=current.version_id,
-            location=current.location,
+            version_id=version_id,
+            location=current.location if mine is current.resource else None,
             resource_id=plan.resource_id,
-            written=current.resource,
+            written=mine,
             provenance=provenance,
             already_applied=True,
             downstream_calls=calls,

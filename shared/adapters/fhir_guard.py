@@ -145,6 +145,9 @@ class GuardedFhirClient:
     def search(self, resource_type: str, params: Mapping[str, str]) -> dict[str, Any]:
         return self._call(lambda: self.inner.search(resource_type, params))
 
+    def versions(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        return self._call(lambda: self.inner.versions(resource_type, resource_id))
+
     def create(self, resource: dict[str, Any], *, if_none_exist: str | None = None) -> FhirResponse:
         return self._call(lambda: self.inner.create(resource, if_none_exist=if_none_exist))
 

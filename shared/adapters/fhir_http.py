@@ -231,6 +231,14 @@ class HttpFhirClient:
             )
         return bundle
 
+    def versions(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        rtype, rid = _check_type(resource_type), _check_id(resource_id)
+        resp = self._send("GET", f"{rtype}/{rid}/_history", resource_type=rtype)
+        bundle = self._json(resp, method="GET", resource_type=rtype)
+        entries = bundle.get("entry") if isinstance(bundle, dict) else None
+        found = [e["resource"] for e in entries or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        return sorted(found, key=lambda r: str((r.get("meta") or {}).get("lastUpdated", "")), reverse=True)
+
     def create(self, resource: dict[str, Any], *, if_none_exist: str | None = None) -> FhirResponse:
         rtype = _check_type(resource.get("resourceType"))
         # FHIR: the server ignores an id on create. Not every server does, so it is not sent at all.

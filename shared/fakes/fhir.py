@@ -148,6 +148,13 @@ class FakeFhirClient:
 
     # -- FhirClient ------------------------------------------------------------------------------------------
 
+    def versions(self, resource_type: str, resource_id: str) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            self._get("read", resource_type, resource_id)
+            return list(reversed(self.history(resource_type, resource_id)))
+
+        return self._interaction("read", resource_type, run)
+
     def read(self, resource_type: str, resource_id: str) -> FhirResponse:
         def run() -> FhirResponse:
             return self._as_response(_Written(200, self._get("read", resource_type, resource_id)), write=False)

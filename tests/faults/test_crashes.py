@@ -1,0 +1,152 @@
+"""A crash at every step: the gateway kills itself (SIGKILL) at a checkpoint, is started again on the same state,
+and the client retries with the same Idempotency-Key. The change must complete exactly once."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.faults.conftest import (
+    FaultGateway,
+    Invariants,
+    Services,
+    fhir_headers,
+    history,
+    launch_gateway,
+    new_patient,
+    restart_gateway,
+    stop_gateway,
+    tag_codes,
+    update_body,
+    wait_until_dead,
+    without_meta,
+)
+
+pytestmark = pytest.mark.faults
+
+SETTINGS = {
+    # The retry after the restart may finish an intake the crash cut off (by default only after 30 s).
+    "WRITEBACK_INTAKE_STALE_AFTER_SECONDS": "1",
+    # A message the dispatcher had peek-locked when the process died comes back when its lock lapses: 5 s, not 60.
+    "WRITEBACK_DEV_SERVICEBUS_LOCK_SECONDS": "5",
+}
+
+
+def vital_sign(patient: dict[str, Any], canary: str) -> dict[str, Any]:
+    return {
+        "target": "local-ehr",
+        "operation": "create",
+        "resource": {
+            "resourceType": "Observation",
+            "status": "final",
+            "category": [
+                {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
+                    ]
+                }
+            ],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+            "subject": {"reference": f"Patient/{patient['id']}"},
+            "effectiveDateTime": "2026-11-25T10:00:00Z",
+            "valueQuantity": {
+                "value": 72,
+                "unit": "beats/minute",
+                "system": "http://unitsofmeasure.org",
+                "code": "/min",
+            },
+            "note": [{"text": f"taken by {canary}"}],
+        },
+        "reason": f"vitals {canary}",
+    }
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "operation"),
+    [
+        ("intake.after-claim", "update"),
+        ("intake.after-record", "update"),
+        ("intake.after-publish", "update"),
+        ("prepare.after", "update"),
+        ("write.before", "update"),
+        ("write.after", "update"),
+        ("write.after", "create"),
+    ],
+)
+def test_a_crash_at_each_step_then_a_restart_completes_the_change_exactly_once(
+    checkpoint: str, operation: str, services: Services, tmp_path: Any, invariants: Invariants
+) -> None:
+    gw: FaultGateway = launch_gateway(services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": checkpoint})
+    try:
+        patient = new_patient(gw, invariants.canary)
+        if operation == "create":
+            sub = invariants.new(vital_sign(patient, invariants.canary), label=checkpoint, app="vitals-app")
+        else:
+            email = {"system": "email", "value": f"{invariants.canary}@example.org"}
+            body = update_body(patient, f"crash at {checkpoint} {invariants.canary}", telecom=[email])
+            sub = invariants.new(body, label=checkpoint)
+
+        first = invariants.attempt(gw, sub)
+        if checkpoint.startswith("intake."):
+            assert first is None, "the connection dies with the process before any answer"
+        else:
+            assert first is not None and first.status_code == 202, first and first.text
+        assert wait_until_dead(gw) == -signal.SIGKILL
+
+        gw = restart_gateway(gw, SETTINGS)
+        retry = invariants.resubmit(gw, sub, retry_for=30)
+        assert retry is not None and retry.status_code == 202, retry and retry.text
+        assert retry.headers.get("Idempotent-Replayed") == "true"
+
+        invariants.check(gw, bound=30)
+        assert sub.final is not None and sub.final["status"] == "completed", sub.final
+        assert sub.final["result"]["verified"] is True
+        ref = sub.ref or sub.final["result"]["resourceRef"]
+        versions = gw.fhir(f"{ref}/_history").json()["entry"]
+        assert len(versions) == (1 if operation == "create" else 2)
+        assert sub.lineage is not None
+        written = next(e for e in sub.lineage if e["event"] == "written")
+        # After a crash past an update's write, the retried write meets a 412 and finds its own change tag (a repeated
+        # create is absorbed by If-None-Exist instead).
+        assert written["details"]["alreadyApplied"] is (checkpoint == "write.after" and operation == "update")
+    finally:
+        stop_gateway(gw)
+
+
+def test_a_crash_after_the_write_then_a_downstream_write_before_the_restart_still_writes_once(
+    services: Services, tmp_path: Any, invariants: Invariants
+) -> None:
+    """The gateway dies right after its write, and the Patient is edited at the target while it is down (another
+    system's version on top of the change's). After the restart the change is done: it must complete with its one
+    version, not write again."""
+    gw: FaultGateway = launch_gateway(services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": "write.after"})
+    try:
+        patient = new_patient(gw, invariants.canary)
+        ref = f"Patient/{patient['id']}"
+        email = {"system": "email", "value": f"{invariants.canary}@example.org"}
+        sub = invariants.submit(gw, update_body(patient, "email", telecom=[email]), label="write.after+edit")
+        assert wait_until_dead(gw) == -signal.SIGKILL
+        current = gw.fhir(ref).json()
+        assert sub.change_id in tag_codes(current), "the write landed before the crash"
+        edited = {**without_meta(current), "address": [{**current["address"][0], "city": "York"}]}
+        resp = httpx.put(
+            f"{gw.fhir_base}/{ref}",
+            json=edited,
+            headers={**fhir_headers(gw), "If-Match": f'W/"{current["meta"]["versionId"]}"'},
+            timeout=10,
+        )
+        assert resp.status_code == 200, resp.text
+
+        gw = restart_gateway(gw, SETTINGS)
+        violations = invariants.violations(gw, bound=30)
+        assert sub.final is not None
+        tagged = [v for v in history(gw, ref) if sub.change_id in tag_codes(v)]
+        assert len(tagged) == 1, f"{len(tagged)} versions carry the change; status {sub.final['status']}"
+        assert sub.final["status"] == "completed", sub.final
+        assert gw.fhir(ref).json()["address"][0]["city"] == "York"
+        assert not violations, violations
+    finally:
+        stop_gateway(gw)
