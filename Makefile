@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: setup test test-unit lint typecheck run services gateway bench-replay clean
+.PHONY: setup test test-faults test-unit lint typecheck run services gateway bench-replay clean
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
@@ -31,6 +31,9 @@ typecheck: $(STAMP_PY)
 # token endpoint on free loopback ports.
 test: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: setup
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 test-unit: $(STAMP_PY)
 	$(PY) -m pytest -m "not integration and not e2e and not faults" $(PYTEST_ARGS)
