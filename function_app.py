@@ -1,4 +1,4 @@
-"""The Function App: create it and register the blueprints. Nothing else lives here."""
+"""The Function App: configure telemetry, create the app, register the blueprints. Nothing else lives here."""
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -14,7 +14,9 @@ from orchestrators import (
     review_page,
     writeback_orchestrator,
 )
+from shared.telemetry import configure_telemetry
 
+configure_telemetry()
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (
     health_api.bp,

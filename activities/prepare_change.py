@@ -7,10 +7,13 @@ from typing import Any
 import azure.durable_functions as df
 
 from shared import bootstrap
+from shared.telemetry import change_span
 
 bp = df.Blueprint()
 
 
 @bp.activity_trigger(input_name="payload")
 def prepare_change(payload: dict[str, Any]) -> dict[str, Any]:
-    return bootstrap.pipeline().prepare(str(payload["changeId"]), int(payload.get("attempt", 0)))
+    change_id = str(payload["changeId"])
+    with change_span("writeback.prepare", change_id, traceparent=payload.get("traceparent")):
+        return bootstrap.pipeline().prepare(change_id, int(payload.get("attempt", 0)))

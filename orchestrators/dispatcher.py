@@ -16,6 +16,7 @@ from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
 from shared import bootstrap
 from shared.config import get_settings
 from shared.dispatch import should_start
+from shared.telemetry import change_span, current_traceparent
 
 bp = df.Blueprint()
 log = logging.getLogger("writeback.dispatcher")
@@ -24,12 +25,18 @@ log = logging.getLogger("writeback.dispatcher")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%WRITEBACK_QUEUE_NAME%", connection="ServiceBusConnection")
 @bp.durable_client_input(client_name="client")
 async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
-    change_id = await asyncio.to_thread(should_start, bootstrap.journal(), msg.get_body())
-    if change_id is None:
+    message = await asyncio.to_thread(should_start, bootstrap.journal(), msg.get_body())
+    if message is None:
         return
+    change_id = message.change_id
     try:
-        deadline = get_settings().retry_deadline_minutes * 60
-        await client.start_new(ORCHESTRATOR_NAME, change_id, {"changeId": change_id, "retryDeadlineSeconds": deadline})
+        with change_span("writeback.dispatch", change_id, traceparent=message.traceparent):
+            start = {
+                "changeId": change_id,
+                "retryDeadlineSeconds": get_settings().retry_deadline_minutes * 60,
+                "traceparent": current_traceparent(),
+            }
+            await client.start_new(ORCHESTRATOR_NAME, change_id, start)
     except Exception as exc:
         if "already exists" in str(exc):
             log.info("change %s: orchestration already running", change_id)

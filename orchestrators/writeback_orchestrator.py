@@ -29,13 +29,13 @@ DEFAULT_RETRY_DEADLINE = timedelta(hours=1)
 
 
 def _with_waits(
-    context: df.DurableOrchestrationContext, activity: Any, change_id: str, deadline: datetime
+    context: df.DurableOrchestrationContext, activity: Any, change_id: str, deadline: datetime, trace: str | None
 ) -> Generator[Any, Any, dict[str, Any]]:
     """Call a step; while it answers ``retry``, wait on a durable timer as long as it says, within the deadline."""
     attempt = 0
     while True:
         result: dict[str, Any] = yield context.call_activity_with_retry(
-            activity, RETRY, {"changeId": change_id, "attempt": attempt}
+            activity, RETRY, {"changeId": change_id, "attempt": attempt, "traceparent": trace}
         )
         if not result.get("retry"):
             return result
@@ -78,12 +78,13 @@ def _wait_for_approval(
 def writeback_orchestrator(context: df.DurableOrchestrationContext) -> Generator[Any, Any, dict[str, Any]]:
     start = context.get_input()
     change_id = str(start["changeId"])
+    trace = start.get("traceparent")
     deadline = context.current_utc_datetime + timedelta(
         seconds=float(start.get("retryDeadlineSeconds", DEFAULT_RETRY_DEADLINE.total_seconds()))
     )
     context.set_custom_status({"changeId": change_id, "step": "prepare"})
     try:
-        result = yield from _with_waits(context, prepare_change, change_id, deadline)
+        result = yield from _with_waits(context, prepare_change, change_id, deadline, trace)
         if result["status"] == "awaiting_approval":
             context.set_custom_status({"changeId": change_id, "step": "awaiting_approval"})
             if result.get("notify"):
@@ -93,7 +94,7 @@ def writeback_orchestrator(context: df.DurableOrchestrationContext) -> Generator
             result = yield from _wait_for_approval(context, change_id, result)
         if result["status"] == "writing":
             context.set_custom_status({"changeId": change_id, "step": "write"})
-            result = yield from _with_waits(context, write_change, change_id, deadline)
+            result = yield from _with_waits(context, write_change, change_id, deadline, trace)
     except Exception as exc:
         detail = str(exc).splitlines()[0][:500]
         result = yield context.call_activity(fail_change, {"changeId": change_id, "detail": detail})

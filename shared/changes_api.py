@@ -24,6 +24,7 @@ from shared.models import RESOURCE_REF, ChangeRecord, ChangeStatus, Principal
 from shared.operations import OperationsService, ReplayFilter
 from shared.policy import Policy
 from shared.status_view import RETRY_AFTER_SECONDS, accepted_body, lineage_body, status_body
+from shared.telemetry import CHANGE_ID_ATTRIBUTE, change_span, changes_accepted, current_traceparent
 
 log = logging.getLogger("writeback.api")
 
@@ -85,9 +86,14 @@ class ChangesApi:
             require_role(principal, ROLE_SUBMIT)
             if self.content_too_large(headers) or len(body) > self.max_body_bytes:
                 raise PayloadTooLargeError(f"The request body exceeds {self.max_body_bytes} bytes")
-            result = self._intake().submit(
-                principal, _header(headers, "Idempotency-Key"), body, traceparent=_header(headers, "traceparent")
-            )
+            with change_span("writeback.intake", None, traceparent=_header(headers, "traceparent")) as span:
+                result = self._intake().submit(
+                    principal, _header(headers, "Idempotency-Key"), body, traceparent=current_traceparent()
+                )
+                span.set_attribute(CHANGE_ID_ATTRIBUTE, result.change.change_id)
+                span.set_attribute("writeback.replayed", result.replayed)
+            if not result.replayed:
+                changes_accepted.add(1, {"writeback.target": result.change.target})
             answer = accepted_body(result.change, base_url)
             response_headers = {"Location": answer["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)}
             if result.replayed:

@@ -18,8 +18,8 @@ class UnknownChangeError(PermanentError):
     title = "No change record for this message"
 
 
-def should_start(journal: ChangeJournal, body: bytes) -> str | None:
-    """The change id to start, or None when its orchestration already ran (a duplicate delivery)."""
+def should_start(journal: ChangeJournal, body: bytes) -> ChangeMessage | None:
+    """The message whose change to start, or None when its orchestration already ran (a duplicate delivery)."""
     try:
         message = ChangeMessage.model_validate_json(body)
     except ValidationError:
@@ -31,4 +31,4 @@ def should_start(journal: ChangeJournal, body: bytes) -> str | None:
     if record.status is not ChangeStatus.ACCEPTED:
         log.info("change %s is %s: duplicate message ignored", record.change_id, record.status.value)
         return None
-    return record.change_id
+    return message

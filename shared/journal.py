@@ -18,6 +18,7 @@ from typing import Any
 from shared.errors import ConcurrencyError, NotFoundError
 from shared.models import ChangeRecord, ChangeStatus, LineageEvent
 from shared.ports import ChangeStore
+from shared.telemetry import approvals_pending, changes_ended
 
 GATEWAY_ACTOR = "gateway"
 CACHE_SIZE = 4096
@@ -93,6 +94,8 @@ class ChangeJournal:
         except ConcurrencyError:
             self.forget(record.change_id)
             raise
+        if new_status is not record.status:
+            _count_transition(record.status, new_status, record.target)
         return self._remember(written)
 
     def _event(
@@ -107,3 +110,13 @@ class ChangeJournal:
             actor=step.actor,
             details=dict(step.details),
         )
+
+
+def _count_transition(old: ChangeStatus, new: ChangeStatus, target: str) -> None:
+    labels = {"writeback.target": target}
+    if new is ChangeStatus.AWAITING_APPROVAL:
+        approvals_pending.add(1, labels)
+    if old is ChangeStatus.AWAITING_APPROVAL:
+        approvals_pending.add(-1, labels)
+    if new.is_terminal:
+        changes_ended.add(1, {**labels, "writeback.status": new.value})

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,7 @@ from shared.planning import PatchApplyError, Plan, PlanConflictError, plan_chang
 from shared.policy import Policy
 from shared.ports import FhirClient, PayloadStore
 from shared.targets import TargetConfig, TargetRegistry
+from shared.telemetry import conflicts, retries, write_latency
 from shared.writeback import FhirWriter, verify
 
 StepResult = dict[str, Any]
@@ -114,6 +116,7 @@ class ChangePipeline:
             wait = retry_delay(attempt, exc.retry_after)
             record = self.journal.load(change_id)
             details = {"code": exc.code, "downstreamStatus": exc.downstream_status, "retryAfter": wait}
+            retries.add(1, {"writeback.target": record.target, "writeback.code": exc.code})
             with contextlib.suppress(ConcurrencyError):
                 # Lineage shows the wait, and the record's updatedAt shows the change is alive, not stuck.
                 record = self.journal.record(record, [Step("waiting-to-retry", {**details, "attempt": attempt + 1})])
@@ -321,6 +324,7 @@ class ChangePipeline:
         writer = FhirWriter(self.fhir(target), target)
         source = (record.plan or {}).get("source") or record.requested_by.app_id
         checkpoint("write.before")
+        started = time.perf_counter()
         merges: list[Step] = []
         while True:
             try:
@@ -340,6 +344,7 @@ class ChangePipeline:
                     record, ChangeStatus.CONFLICT, merges, exc, plan={**(record.plan or {}), "conflict": conflict}
                 )
             except ConflictError as exc:
+                conflicts.add(1, {"writeback.target": record.target})
                 if len(merges) >= MAX_MERGES_ON_CONFLICT:
                     return self._end(record, ChangeStatus.CONFLICT, merges, exc)
                 try:
@@ -368,6 +373,7 @@ class ChangePipeline:
                 )
             except (PermanentError, AuthError, NotFoundError) as exc:
                 return self._end(record, ChangeStatus.FAILED, merges, exc)
+        write_latency.record((time.perf_counter() - started) * 1000, {"writeback.target": record.target})
         checkpoint("write.after")
         drift = verify(plan.proposed, written.written, plan.changed_paths) if written.written else []
         verified = written.written is not None and not drift

@@ -17,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind
 
 from shared.adapters.identity import TokenProvider
 from shared.errors import (
@@ -30,6 +31,7 @@ from shared.errors import (
 )
 from shared.ports import FhirResponse
 from shared.targets import AuthKind, TargetConfig
+from shared.telemetry import tracer
 
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
@@ -308,11 +310,23 @@ class HttpFhirClient:
             all_headers["Authorization"] = f"Bearer {self._tokens.token(scope)}"
         url = f"{self._base}/{path}" if path else self._base
         http = self._http if self._http is not None else shared_http_client()
-        try:
-            resp = http.request(method, url, params=params, headers=all_headers, content=body, timeout=self._timeout)
-        except httpx.HTTPError as exc:
-            # not chained: httpx messages name the URL, and search URLs can carry identifiers
-            raise error_for(exc, method=method, resource_type=resource_type) from None
+        attributes = {
+            "http.request.method": method,
+            "writeback.target": self.target.id,
+            "writeback.resource_type": resource_type,
+        }
+        with tracer.start_as_current_span(
+            f"FHIR {method} {resource_type}", kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            try:
+                resp = http.request(
+                    method, url, params=params, headers=all_headers, content=body, timeout=self._timeout
+                )
+            except httpx.HTTPError as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                # not chained: httpx messages name the URL, and search URLs can carry identifiers
+                raise error_for(exc, method=method, resource_type=resource_type) from None
+            span.set_attribute("http.response.status_code", resp.status_code)
         if not resp.is_success:
             raise error_for(resp, method=method, resource_type=resource_type)
         return resp

@@ -106,7 +106,8 @@ def test_happy_path_update_costs(
     principal = Principal(app_id="crm", user_id="u1", roles=[ROLE_SUBMIT])
     accepted = intake.submit(principal, "cost-key", json.dumps(body).encode())
     change_id = accepted.change.change_id
-    assert should_start(journal, json.dumps({"changeId": change_id, "target": "local-ehr"}).encode()) == change_id
+    message = should_start(journal, json.dumps({"changeId": change_id, "target": "local-ehr"}).encode())
+    assert message is not None and message.change_id == change_id
     activities = [pipeline.prepare(change_id), pipeline.write(change_id)]
 
     assert activities[-1]["status"] == ChangeStatus.COMPLETED.value
