@@ -123,7 +123,9 @@ def token_provider_for(target: TargetConfig, *, managed_identity_client_id: str 
     if kind is AuthKind.MANAGED_IDENTITY:
         return _managed_identity_provider(managed_identity_client_id or None)
     if kind is AuthKind.SMART_BACKEND_SERVICES:
-        raise ConfigurationError(f"target {target.id!r}: auth type 'smart_backend_services' is not yet supported")
+        from shared.adapters.smart_backend import smart_provider_for  # lazy: key loading only where a target needs it
+
+        return smart_provider_for(target, managed_identity_client_id=managed_identity_client_id or None)
     raise ConfigurationError(f"target {target.id!r}: unknown auth type {kind!r}")
 
 

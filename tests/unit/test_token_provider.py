@@ -145,7 +145,7 @@ def test_factory_managed_identity_is_one_provider_per_process() -> None:
         reset_token_providers()
 
 
-def test_factory_smart_backend_services_is_not_yet_supported() -> None:
+def test_factory_smart_backend_services_needs_a_scope() -> None:
     target = _target(
         {
             "type": "smart_backend_services",
@@ -154,5 +154,5 @@ def test_factory_smart_backend_services_is_not_yet_supported() -> None:
             "key_name": "ehr-key",
         }
     )
-    with pytest.raises(ConfigurationError, match="not yet supported"):
+    with pytest.raises(ConfigurationError, match="needs 'scope'"):
         token_provider_for(target, managed_identity_client_id=None)
