@@ -5,10 +5,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
+STAMP_CHECKOV := .venv-checkov/.installed
 
 .PHONY: setup test test-faults test-unit lint typecheck run services gateway bench-replay clean
 
-setup: $(STAMP_PY) $(STAMP_NODE)
+setup: $(STAMP_PY) $(STAMP_NODE) $(STAMP_CHECKOV)
+
+# checkov scans infra/ offline; it pins an old `packaging` that pytest refuses, so it gets a venv of its own.
+$(STAMP_CHECKOV):
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --upgrade pip
+	.venv-checkov/bin/python -m pip install --quiet checkov==3.3.30
+	touch $@
 
 $(STAMP_PY): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,4 +61,4 @@ bench-replay: setup
 	$(PY) -m tools.bench_replay
 
 clean:
-	rm -rf $(VENV) node_modules .local .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov node_modules .local .mypy_cache .ruff_cache

@@ -1,0 +1,195 @@
+// The gateway: a Python 3.11 Function App on the Flex Consumption plan, behind App Service Authentication
+// (Entra ID). Every connection is identity-based with the user-assigned identity; the only secrets are
+// Key Vault references.
+param name string
+param planName string
+param location string
+param tags object = {}
+
+param identityId string
+param identityClientId string
+
+param storageBlobEndpoint string
+param storageQueueEndpoint string
+param storageTableEndpoint string
+param deploymentContainerName string
+
+param serviceBusFullyQualifiedNamespace string
+param queueName string
+param taskHubName string
+
+param applicationInsightsConnectionString string
+
+@description('App settings added as they are (targets, approval secrets as Key Vault references).')
+param extraAppSettings object = {}
+
+@description('Client id of the Entra ID app registration callers get tokens for.')
+param authClientId string
+param authTenantId string
+param allowedAudiences array
+
+param maximumInstanceCount int = 40
+param instanceMemoryMB int = 2048
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_225:Flex Consumption zone redundancy is available in a subset of regions only; opt in with properties.zoneRedundant where supported
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+var baseAppSettings = {
+  // Host storage (Durable Functions task hub, leases, timers) through the identity; no AzureWebJobsStorage connection string.
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  AzureWebJobsStorage__blobServiceUri: storageBlobEndpoint
+  AzureWebJobsStorage__queueServiceUri: storageQueueEndpoint
+  AzureWebJobsStorage__tableServiceUri: storageTableEndpoint
+  ServiceBusConnection__fullyQualifiedNamespace: serviceBusFullyQualifiedNamespace
+  ServiceBusConnection__credential: 'managedidentity'
+  ServiceBusConnection__clientId: identityClientId
+  WritebackStorage__tableServiceUri: storageTableEndpoint
+  WritebackStorage__blobServiceUri: storageBlobEndpoint
+  WRITEBACK_MANAGED_IDENTITY_CLIENT_ID: identityClientId
+  AZURE_CLIENT_ID: identityClientId
+  WRITEBACK_TASK_HUB: taskHubName
+  WRITEBACK_QUEUE_NAME: queueName
+  // Trusts X-MS-CLIENT-PRINCIPAL: safe only because authsettingsV2 below requires authentication.
+  WRITEBACK_AUTH_MODE: 'easyauth'
+  // The site cannot read its own defaultHostName here; the name gives the same host unless a custom domain is added.
+  WRITEBACK_PUBLIC_BASE_URL: 'https://${name}.azurewebsites.net'
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD;ClientId=${identityClientId}'
+}
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_17:Callers authenticate with Entra ID tokens through App Service Authentication; client certificates would also block the signed approval links opened by flows and browsers
+  //checkov:skip=CKV_AZURE_222:Public by design: callers are apps, Logic Apps and Power Automate on the internet, each needing an Entra ID token (or a signed link for the callback)
+  //checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero; add always-ready instances (functionAppConfig.scaleAndConcurrency.alwaysReady) if cold starts matter
+  //checkov:skip=CKV_AZURE_213:Flex Consumption has no App Service health check; probes call /api/v1/health, which is left anonymous for them
+  name: name
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientCertEnabled: false
+    publicNetworkAccess: 'Enabled'
+    // Key Vault references resolve with the user-assigned identity (it holds Key Vault Secrets User).
+    keyVaultReferenceIdentity: identityId
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      appSettings: [for setting in items(union(baseAppSettings, extraAppSettings)): {
+        name: setting.key
+        value: setting.value
+      }]
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storageBlobEndpoint}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+}
+
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_13:False positive: the check reads authsettings (v1) properties.enabled; this is authsettingsV2 with platform.enabled and requireAuthentication
+  //checkov:skip=CKV_AZURE_63:False positive: site-level logging check applied to the authsettingsV2 child resource; logs go to Application Insights
+  //checkov:skip=CKV_AZURE_65:False positive: site-level logging check applied to the authsettingsV2 child resource
+  //checkov:skip=CKV_AZURE_66:False positive: site-level logging check applied to the authsettingsV2 child resource
+  //checkov:skip=CKV_AZURE_80:False positive: .NET Framework version check on a Python app's authsettingsV2 resource
+  //checkov:skip=CKV_AZURE_88:False positive: Azure Files check on the authsettingsV2 resource; Flex Consumption does not use Azure Files
+  //checkov:skip=CKV_AZURE_222:False positive: public network access check applied to the authsettingsV2 child resource (see the site)
+  parent: site
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+      runtimeVersion: '~1'
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'Return401'
+      // Health for probes; the approval callback carries its own HMAC-signed, single-use token.
+      excludedPaths: [
+        '/api/v1/health'
+        '/api/v1/changes/*/approval/callback'
+      ]
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: authClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${authTenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: allowedAudiences
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
+      }
+    }
+    httpSettings: {
+      requireHttps: true
+      forwardProxy: {
+        convention: 'NoProxy'
+      }
+    }
+  }
+}
+
+output name string = site.name
+output uri string = 'https://${site.properties.defaultHostName}'
