@@ -13,17 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tools.services.process import REPO_ROOT, free_port, free_port_block, port_open
+from tools.services.process import REPO_ROOT, dev_ports, port_open
 
 
 @pytest.mark.e2e
 def test_run_starts_services_and_gateway_and_ctrl_c_stops_them(tmp_path: Path) -> None:
-    ports = {
-        "WRITEBACK_DEV_PORT": free_port(),
-        "WRITEBACK_DEV_FHIR_PORT": free_port(),
-        "WRITEBACK_DEV_TOKEN_PORT": free_port(),
-        "WRITEBACK_DEV_AZURITE_PORT": free_port_block(3),
-    }
+    ports = dev_ports()
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "WRITEBACK_DEV_STATE_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tools.services", "--with-gateway"],

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tools.services.process import REPO_ROOT, free_port, free_port_block
+from tools.services.process import REPO_ROOT, dev_ports
 
 WALKTHROUGH = REPO_ROOT / "docs" / "walkthrough.md"
 
@@ -43,15 +43,9 @@ def json_documents(text: str) -> list[dict[str, object]]:
 
 @pytest.mark.e2e
 def test_walkthrough_commands_work_as_written(tmp_path: Path) -> None:
-    api_port, fhir_port, token_port = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "WRITEBACK_DEV_PORT": str(api_port),
-        "WRITEBACK_DEV_FHIR_PORT": str(fhir_port),
-        "WRITEBACK_DEV_TOKEN_PORT": str(token_port),
-        "WRITEBACK_DEV_AZURITE_PORT": str(free_port_block(3)),
-        "WRITEBACK_DEV_STATE_DIR": str(tmp_path),
-    }
+    ports = dev_ports()
+    api_port, fhir_port = ports["WRITEBACK_DEV_PORT"], ports["WRITEBACK_DEV_FHIR_PORT"]
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "WRITEBACK_DEV_STATE_DIR": str(tmp_path)}
     log = (tmp_path / "run.log").open("wb")
     run = subprocess.Popen(
         [sys.executable, "-m", "tools.services", "--with-gateway"],

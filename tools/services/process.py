@@ -41,6 +41,21 @@ def free_port_block(count: int, attempts: int = 50) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
+def dev_ports() -> dict[str, int]:
+    """Distinct free ports for a whole local stack (API, FHIR, token endpoint, Azurite's three), as environment
+    settings. Chosen together so that a port picked for one service is never inside Azurite's block."""
+    azurite = free_port_block(3)
+    taken = {azurite, azurite + 1, azurite + 2}
+    ports: dict[str, int] = {"WRITEBACK_DEV_AZURITE_PORT": azurite}
+    for name in ("WRITEBACK_DEV_PORT", "WRITEBACK_DEV_FHIR_PORT", "WRITEBACK_DEV_TOKEN_PORT"):
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        taken.add(port)
+        ports[name] = port
+    return ports
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
