@@ -105,6 +105,16 @@ module monitoring 'app/monitoring.bicep' = {
   }
 }
 
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    tags: tags
+  }
+}
+
 module storage 'app/storage.bicep' = {
   name: 'storage'
   scope: rg

@@ -328,3 +328,16 @@ def test_parameters_file_maps_every_value_to_an_azd_variable() -> None:
     for name, entry in doc["parameters"].items():
         assert name in main["parameters"], name
         assert re.fullmatch(r"\$\{[A-Z_]+(=[^}]*)?\}", entry["value"]), name
+
+
+def test_the_workbook_holds_the_admins_queries() -> None:
+    text = (INFRA / "app" / "workbook.bicep").read_text()
+    for metric in (
+        "writeback.approvals.pending",
+        "writeback.changes.ended",
+        "writeback.write.duration",
+        "writeback.retries",
+        "writeback.conflicts",
+    ):
+        assert metric in text, metric
+    assert "module workbook 'app/workbook.bicep'" in (INFRA / "main.bicep").read_text()
