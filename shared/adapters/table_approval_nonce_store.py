@@ -13,8 +13,7 @@ from azure.data.tables import TableClient, TableServiceClient
 
 from shared.adapters.storage_errors import storage_error
 from shared.adapters.table_codec import escape_key
-
-MAX_BATCH = 100  # Table Storage refuses larger entity-group transactions
+from shared.adapters.table_maintenance import ensure_table, purge_expired_rows
 
 
 class TableApprovalNonceStore:
@@ -22,11 +21,7 @@ class TableApprovalNonceStore:
         self._table: TableClient = service.get_table_client(f"{prefix}approvalnonces")
 
     def ensure_tables(self) -> None:
-        try:
-            self._table.create_table()
-        except HttpResponseError as exc:
-            if exc.status_code != 409:
-                raise
+        ensure_table(self._table)
 
     def use(self, nonce: str, change_id: str, expires_at: datetime) -> None:
         if expires_at.tzinfo is None:
@@ -43,16 +38,4 @@ class TableApprovalNonceStore:
             raise (exc if mapped is exc else mapped) from exc
 
     def purge_expired(self, now: datetime) -> int:
-        expired = self._table.query_entities(
-            "ExpiresAt lt @now", parameters={"now": now}, select=["PartitionKey", "RowKey"]
-        )
-        by_partition: dict[str, list[Any]] = {}
-        for entity in expired:
-            by_partition.setdefault(entity["PartitionKey"], []).append(entity)
-        deleted = 0
-        for entities in by_partition.values():
-            for start in range(0, len(entities), MAX_BATCH):
-                batch = entities[start : start + MAX_BATCH]
-                self._table.submit_transaction([("delete", e) for e in batch])
-                deleted += len(batch)
-        return deleted
+        return purge_expired_rows(self._table, now)

@@ -24,6 +24,7 @@ from shared.adapters.table_codec import (
     pack_json,
     unpack_json,
 )
+from shared.adapters.table_maintenance import ensure_table
 from shared.models import ChangeRecord, ChangeStatus, LineageEvent, Page, ResourceChange
 
 RECORD_ROW = "record"
@@ -86,11 +87,7 @@ class TableChangeStore:
 
     def ensure_tables(self) -> None:
         for table in (self._changes, self._resources):
-            try:
-                table.create_table()
-            except HttpResponseError as exc:
-                if exc.status_code != 409:
-                    raise
+            ensure_table(table)
 
     def create(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
         ops: list[Any] = [("create", record_entity(record)), ("create", event_entity(event))]

@@ -11,9 +11,8 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters.storage_errors import storage_error
 from shared.adapters.table_codec import escape_key, pack_json, unpack_json
+from shared.adapters.table_maintenance import ensure_table, purge_expired_rows
 from shared.models import IdempotencyRecord
-
-MAX_BATCH = 100  # Table Storage refuses larger entity-group transactions
 
 
 def _entity(record: IdempotencyRecord) -> dict[str, Any]:
@@ -38,11 +37,7 @@ class TableIdempotencyStore:
         self._table: TableClient = service.get_table_client(f"{prefix}idempotency")
 
     def ensure_tables(self) -> None:
-        try:
-            self._table.create_table()
-        except HttpResponseError as exc:
-            if exc.status_code != 409:
-                raise
+        ensure_table(self._table)
 
     def claim(self, record: IdempotencyRecord) -> IdempotencyRecord:
         try:
@@ -77,19 +72,7 @@ class TableIdempotencyStore:
         self._table.delete_entity(escape_key(caller), escape_key(key))
 
     def purge_expired(self, now: datetime) -> int:
-        expired = self._table.query_entities(
-            "ExpiresAt lt @now", parameters={"now": now}, select=["PartitionKey", "RowKey"]
-        )
-        by_partition: dict[str, list[Any]] = {}
-        for entity in expired:
-            by_partition.setdefault(entity["PartitionKey"], []).append(entity)
-        deleted = 0
-        for entities in by_partition.values():
-            for start in range(0, len(entities), MAX_BATCH):
-                batch = entities[start : start + MAX_BATCH]
-                self._table.submit_transaction([("delete", e) for e in batch])
-                deleted += len(batch)
-        return deleted
+        return purge_expired_rows(self._table, now)
 
 
 def _mapped(exc: HttpResponseError, what: str) -> Exception:
