@@ -24,13 +24,12 @@ from shared.adapters.table_codec import (
     pack_json,
     unpack_json,
 )
-from shared.adapters.table_maintenance import ensure_table
+from shared.adapters.table_maintenance import MAX_BATCH, ensure_table
 from shared.models import ChangeRecord, ChangeStatus, LineageEvent, Page, ResourceChange
 
 RECORD_ROW = "record"
 EVENT_ROW_PREFIX = "event-"
 MAX_PAGE_SIZE = 1000
-MAX_BATCH = 100  # Table Storage refuses larger entity-group transactions
 # Filtered cross-partition queries may return empty pages with a token; read a few before giving back a page.
 MAX_EMPTY_PAGES = 20
 _EPOCH_MS_CEILING = 10**13
