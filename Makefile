@@ -7,7 +7,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 STAMP_CHECKOV := .venv-checkov/.installed
 
-.PHONY: setup test test-faults test-unit lint typecheck run services gateway bench-replay clean
+.PHONY: setup test test-faults test-unit lint typecheck run services gateway bench bench-replay clean
 
 setup: $(STAMP_PY) $(STAMP_NODE) $(STAMP_CHECKOV)
 
@@ -56,6 +56,10 @@ services: setup
 
 gateway: setup
 	$(PY) -m devhost --local-services .local/endpoints.json
+
+# Governed write-back against direct writes, side by side (a few minutes); writes docs/benchmarks.md.
+bench: setup
+	$(PY) -m tools.bench $(BENCH_ARGS)
 
 bench-replay: setup
 	$(PY) -m tools.bench_replay

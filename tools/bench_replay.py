@@ -21,7 +21,7 @@ from devhost.app_index import load_app
 from devhost.durable.engine import DurableEngine
 from devhost.durable.history import EventType, dumps, event
 
-APP_DIR = Path(__file__).parent / "bench"
+APP_DIR = Path(__file__).parent / "bench_app"
 LENGTHS = (1, 5, 10, 20, 50)
 
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -43,7 +43,7 @@ class Gateway:
         return {"X-MS-CLIENT-PRINCIPAL": principal}
 
     def submit(
-        self, body: dict[str, Any] | bytes, *, key: str | None = None, app: str = "crm", **kw: Any
+        self, body: dict[str, Any] | bytes, *, key: str | Literal[False] | None = None, app: str = "crm", **kw: Any
     ) -> httpx.Response:
         headers = self.headers(app, **kw)
         if key is not False:
