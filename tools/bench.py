@@ -551,12 +551,11 @@ def reading(result: dict[str, Any]) -> list[str]:
         "orchestrator episodes and activities together, with Azurite round trips on the critical path.".replace(
             "{cores}", str(result["cores"])
         ),
-        f"- Intake / health = {iratio:.2f} (bar 0.5): {'met' if iratio >= 0.5 else 'not met'}. Even "
+        f"- Intake / health = {iratio:.2f} (bar 0.5): {'met' if iratio >= 0.5 else 'not met'}. "
         f"`openapi.json`, which touches no storage, takes {result['openapi']['p50']:.0f} ms p50 at concurrency "
-        f"{result['concurrency']}, so the runtime's HTTP path has a fixed floor of tens of ms per request (not "
-        "investigated here; a ~40 ms floor is typical of Nagle / delayed-ACK or a polling loop). An accept adds "
+        f"{result['concurrency']} (it took 44 ms before the runtime's listener set TCP_NODELAY). An accept adds "
         "four Table round trips to Azurite and a publish to the local queue, and competes with the background "
-        "processing of earlier accepts in the same process.",
+        "processing of earlier accepts in the same process; where its time goes is not profiled yet.",
         f"- Downstream calls: {result['downstreamPerChange']:.2f} per change, by method "
         f"{result.get('downstreamByMethod')}; the few reads above 1 per change are not explained by this run "
         "(possibly re-reads when a step ran again).",
