@@ -15,6 +15,7 @@ from typing import Protocol
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
+from shared.adapters.token_cache import ScopedTokenCache
 from shared.errors import AuthError, ConfigurationError, RetryableError
 from shared.targets import AuthKind, TargetConfig
 
@@ -42,50 +43,18 @@ class AzureIdentityTokenProvider:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._credential = credential
-        self._margin = refresh_margin_seconds
-        self._clock = clock
-        # scope -> (token, refresh_at)
-        self._cache: dict[str, tuple[AccessToken, float]] = {}
-        self._lock = threading.Lock()
-        self._scope_locks: dict[str, threading.Lock] = {}
+        self._cache = ScopedTokenCache(refresh_margin=refresh_margin_seconds, clock=clock)
 
     def token(self, scope: str) -> str:
-        cached = self._fresh(scope)
-        if cached is not None:
-            return cached
-        with self._scope_lock(scope):
-            cached = self._fresh(scope)  # another thread may have fetched it while we waited
-            if cached is not None:
-                return cached
-            fetched_at = self._clock()
+        def fetch() -> tuple[str, float]:
             access = self._fetch(scope)
-            lifetime = max(0.0, float(access.expires_on) - fetched_at)
-            margin = min(self._margin, lifetime / 2)
-            with self._lock:
-                self._cache[scope] = (access, float(access.expires_on) - margin)
-            return access.token
+            return access.token, float(access.expires_on)
+
+        return self._cache.get(scope, fetch)
 
     def invalidate(self, scope: str | None = None) -> None:
         """Forget the cached token for ``scope`` (or all scopes), e.g. after the target answered 401."""
-        with self._lock:
-            if scope is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(scope, None)
-
-    def _fresh(self, scope: str) -> str | None:
-        with self._lock:
-            entry = self._cache.get(scope)
-        if entry is not None and self._clock() < entry[1]:
-            return entry[0].token
-        return None
-
-    def _scope_lock(self, scope: str) -> threading.Lock:
-        with self._lock:
-            lock = self._scope_locks.get(scope)
-            if lock is None:
-                lock = self._scope_locks[scope] = threading.Lock()
-            return lock
+        self._cache.invalidate(scope)
 
     def _fetch(self, scope: str) -> AccessToken:
         try:

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from shared.adapters.token_cache import ScopedTokenCache
 from shared.errors import AuthError, ConfigurationError, RetryableError
 from shared.targets import AuthKind, TargetConfig
 
@@ -360,37 +361,24 @@ class SmartBackendTokenProvider:
         self._http = http
         self._own_http: httpx.Client | None = None
         self._clock = clock
-        self._margin = refresh_margin
         self._assertion_lifetime = assertion_lifetime
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
-        self._cache: dict[str, tuple[str, float]] = {}  # scope -> (token, refresh_at)
+        self._cache = ScopedTokenCache(refresh_margin=refresh_margin, clock=clock)
         self._lock = threading.Lock()
-        self._scope_locks: dict[str, threading.Lock] = {}
 
     # -- TokenProvider ---------------------------------------------------------------------------------------
 
     def token(self, scope: str) -> str:
-        cached = self._fresh(scope)
-        if cached is not None:
-            return cached
-        with self._scope_lock(scope):
-            cached = self._fresh(scope)  # another thread may have fetched it while we waited
-            if cached is not None:
-                return cached
+        def fetch() -> tuple[str, float]:
             fetched_at = self._clock()
             access_token, expires_in = self._request(scope)
-            margin = min(self._margin, expires_in / 2)
-            with self._lock:
-                self._cache[scope] = (access_token, fetched_at + expires_in - margin)
-            return access_token
+            return access_token, fetched_at + expires_in
+
+        return self._cache.get(scope, fetch)
 
     def invalidate(self, scope: str | None = None) -> None:
         """Forget the cached token for ``scope`` (or all scopes), e.g. after the target answered 401."""
-        with self._lock:
-            if scope is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(scope, None)
+        self._cache.invalidate(scope)
 
     # -- the assertion ---------------------------------------------------------------------------------------
 
@@ -416,20 +404,6 @@ class SmartBackendTokenProvider:
         return signing_input + "." + _b64url(self._key.sign(signing_input.encode("ascii")))
 
     # -- internals -------------------------------------------------------------------------------------------
-
-    def _fresh(self, scope: str) -> str | None:
-        with self._lock:
-            entry = self._cache.get(scope)
-        if entry is not None and self._clock() < entry[1]:
-            return entry[0]
-        return None
-
-    def _scope_lock(self, scope: str) -> threading.Lock:
-        with self._lock:
-            lock = self._scope_locks.get(scope)
-            if lock is None:
-                lock = self._scope_locks[scope] = threading.Lock()
-            return lock
 
     def _client(self) -> httpx.Client:
         if self._http is not None:
