@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.caller_identity import ROLE_SUBMIT
 from shared.dispatch import should_start
+from shared.fakes.counting import CountingProxy
 from shared.fakes.fhir import FakeFhirClient
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
@@ -119,24 +120,6 @@ def run_concurrently(items: list[Any], concurrency: int, make_client: Callable[[
     for c in clients:
         c.close()
     return elapsed
-
-
-class Counted:
-    """Counts calls to the wrapped port's methods (each is one storage round trip), as test_pipeline_costs does."""
-
-    def __init__(self, inner: Any, counter: Counter[str], name: str) -> None:
-        self._inner, self._counter, self._name = inner, counter, name
-
-    def __getattr__(self, attr: str) -> Any:
-        value = getattr(self._inner, attr)
-        if not callable(value):
-            return value
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self._counter[f"{self._name}.{attr}"] += 1
-            return value(*args, **kwargs)
-
-        return counted
 
 
 # --- services and gateway -----------------------------------------------------------------------------------------
@@ -296,10 +279,10 @@ def in_process(changes: int, warmup: int) -> dict[str, Any]:
     # would otherwise grow with the number of changes and be counted as the project's CPU
     fakes = [FakeFhirClient()]
     calls: Counter[str] = Counter()
-    journal = ChangeJournal(Counted(FakeChangeStore(), calls, "changes"))
+    journal = ChangeJournal(CountingProxy(FakeChangeStore(), calls, "changes"))
     payloads = FakePayloadStore()
     intake = IntakeService(
-        idempotency=Counted(FakeIdempotencyStore(), calls, "idempotency"),
+        idempotency=CountingProxy(FakeIdempotencyStore(), calls, "idempotency"),
         journal=journal,
         payloads=payloads,
         publisher=FakeMessagePublisher(),

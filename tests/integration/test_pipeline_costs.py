@@ -20,6 +20,7 @@ from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import reset_token_providers, token_provider_for
 from shared.caller_identity import ROLE_SUBMIT
 from shared.dispatch import should_start
+from shared.fakes.counting import CountingProxy
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
 from shared.intake import IntakeService
@@ -30,24 +31,6 @@ from shared.policy import Policy
 from shared.targets import TargetRegistry
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class Counted:
-    """Counts calls to the wrapped port's methods (each is one storage round trip)."""
-
-    def __init__(self, inner: Any, counter: Counter[str], name: str) -> None:
-        self._inner, self._counter, self._name = inner, counter, name
-
-    def __getattr__(self, attr: str) -> Any:
-        value = getattr(self._inner, attr)
-        if not callable(value):
-            return value
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self._counter[f"{self._name}.{attr}"] += 1
-            return value(*args, **kwargs)
-
-        return counted
 
 
 @pytest.mark.integration
@@ -74,10 +57,10 @@ def test_happy_path_update_costs(
     targets = TargetRegistry.from_file(
         REPO / "config" / "targets.yaml", {"WRITEBACK_TARGET_LOCAL_EHR_BASE_URL": fhir.base_url}
     )
-    journal = ChangeJournal(Counted(FakeChangeStore(), calls, "changes"))
+    journal = ChangeJournal(CountingProxy(FakeChangeStore(), calls, "changes"))
     payloads = FakePayloadStore()
     intake = IntakeService(
-        idempotency=Counted(FakeIdempotencyStore(), calls, "idempotency"),
+        idempotency=CountingProxy(FakeIdempotencyStore(), calls, "idempotency"),
         journal=journal,
         payloads=payloads,
         publisher=FakeMessagePublisher(),
