@@ -190,22 +190,14 @@ class KeyVaultSigningKey:
     crypto: _CryptoClient
 
     def sign(self, signing_input: bytes) -> bytes:
-        from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+        from azure.core.exceptions import AzureError
         from azure.keyvault.keys.crypto import SignatureAlgorithm
 
         digest = hashlib.sha384(signing_input).digest()
         try:
             result = self.crypto.sign(SignatureAlgorithm(self.algorithm), digest)
-        except (ClientAuthenticationError, HttpResponseError) as exc:
-            status = getattr(exc, "status_code", None)
-            if isinstance(status, int) and (status == 429 or status >= 500):
-                raise RetryableError(detail=f"Key Vault sign failed ({status})", downstream_status=status) from None
-            raise AuthError(
-                detail=f"Key Vault sign refused ({type(exc).__name__})",
-                downstream_status=status if isinstance(status, int) else None,
-            ) from None
         except AzureError as exc:
-            raise RetryableError(detail=f"Key Vault sign failed ({type(exc).__name__})") from None
+            raise key_vault_error(exc, "Key Vault sign") from None
         signature = getattr(result, "signature", result)
         if not isinstance(signature, bytes):
             raise AuthError(detail="Key Vault sign returned no signature")
@@ -214,6 +206,19 @@ class KeyVaultSigningKey:
     @classmethod
     def for_public_key(cls, public_key: PublicKey, crypto: _CryptoClient) -> KeyVaultSigningKey:
         return cls(kid=jwk_thumbprint(public_key), algorithm=algorithm_for(public_key), crypto=crypto)
+
+
+def key_vault_error(exc: Exception, what: str) -> RetryableError | AuthError:
+    """Key Vault throttling, outages and transport errors are retryable; refusals (401/403/404) are not."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    if isinstance(exc, ClientAuthenticationError | HttpResponseError) and not (
+        status and (status == 429 or status >= 500)
+    ):
+        return AuthError(detail=f"{what} refused ({type(exc).__name__})", downstream_status=status)
+    return RetryableError(detail=f"{what} failed ({status or type(exc).__name__})", downstream_status=status)
 
 
 def _public_key_from_vault_jwk(jwk: Any) -> PublicKey:
@@ -243,22 +248,14 @@ def load_key_from_key_vault(
     Reads the public key once (for the ``kid`` and algorithm); the private key is never exported. Needs the
     ``azure-keyvault-keys`` package and, for the identity, ``Key Vault Crypto User`` (get + sign) on the key.
     """
-    from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+    from azure.core.exceptions import AzureError
     from azure.keyvault.keys import KeyClient
     from azure.keyvault.keys.crypto import CryptographyClient
 
     try:
         vault_key = KeyClient(vault_url, credential).get_key(key_name, version)
-    except (ClientAuthenticationError, HttpResponseError) as exc:
-        status = getattr(exc, "status_code", None)
-        if isinstance(status, int) and (status == 429 or status >= 500):
-            raise RetryableError(detail=f"Key Vault key {key_name!r}: {status}", downstream_status=status) from None
-        raise AuthError(
-            detail=f"Key Vault key {key_name!r} not readable ({type(exc).__name__})",
-            downstream_status=status if isinstance(status, int) else None,
-        ) from None
     except AzureError as exc:
-        raise RetryableError(detail=f"Key Vault key {key_name!r}: {type(exc).__name__}") from None
+        raise key_vault_error(exc, f"Key Vault key {key_name!r}") from None
     public = _public_key_from_vault_jwk(vault_key.key)
     return KeyVaultSigningKey.for_public_key(public, CryptographyClient(vault_key, credential))
 
