@@ -25,6 +25,7 @@ from shared.adapters.table_codec import (
     unpack_json,
 )
 from shared.adapters.table_maintenance import MAX_BATCH, ensure_table
+from shared.adapters.table_transactions import submit_transaction
 from shared.models import ChangeRecord, ChangeStatus, LineageEvent, Page, ResourceChange
 
 RECORD_ROW = "record"
@@ -111,7 +112,7 @@ class TableChangeStore:
 
     def _submit(self, ops: list[Any], what: str) -> list[Mapping[str, Any]]:
         try:
-            return list(self._changes.submit_transaction(ops))
+            return submit_transaction(self._changes, ops)
         except HttpResponseError as exc:
             mapped = storage_error(exc, what)
             if mapped is exc:

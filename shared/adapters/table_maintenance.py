@@ -8,6 +8,8 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient
 
+from shared.adapters.table_transactions import submit_transaction
+
 MAX_BATCH = 100  # Table Storage refuses larger entity-group transactions
 
 
@@ -29,6 +31,6 @@ def purge_expired_rows(table: TableClient, now: datetime) -> int:
     for entities in by_partition.values():
         for start in range(0, len(entities), MAX_BATCH):
             batch = entities[start : start + MAX_BATCH]
-            table.submit_transaction([("delete", e) for e in batch])
+            submit_transaction(table, [("delete", e) for e in batch])
             deleted += len(batch)
     return deleted
