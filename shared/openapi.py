@@ -824,6 +824,18 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                 security=[],
             ),
         },
+        "/health/live": {
+            "get": _operation(
+                "GetLiveness",
+                "Liveness",
+                "Liveness: 200 whenever the app answers; touches no dependency (use /health for readiness).",
+                [],
+                {"200": {"description": "Alive.", "schema": {"type": "object"}}},
+                visibility="internal",
+                produces_problem=False,
+                security=[],
+            ),
+        },
         "/openapi.json": {
             "get": _operation(
                 "GetOpenApiDocument",
@@ -917,6 +929,7 @@ _TAGS = {
     "ResolveConflict": "operations",
     "ReplayChanges": "operations",
     "GetHealth": "meta",
+    "GetLiveness": "meta",
     "GetOpenApiDocument": "meta",
 }
 

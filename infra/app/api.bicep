@@ -162,6 +162,7 @@ resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
       // Health for probes; the approval callback carries its own HMAC-signed, single-use token.
       excludedPaths: [
         '/api/v1/health'
+        '/api/v1/health/live'
         '/api/v1/changes/*/approval/callback'
       ]
     }

@@ -310,7 +310,11 @@ def test_easy_auth_requires_entra_id(parsed: dict[str, dict[str, Any]]) -> None:
     validation = auth["properties"]["globalValidation"]
     assert validation["requireAuthentication"] is True
     assert validation["unauthenticatedClientAction"] == "Return401"
-    assert set(validation["excludedPaths"]) == {"/api/v1/health", "/api/v1/changes/*/approval/callback"}
+    assert set(validation["excludedPaths"]) == {
+        "/api/v1/health",
+        "/api/v1/health/live",
+        "/api/v1/changes/*/approval/callback",
+    }
     aad = auth["properties"]["identityProviders"]["azureActiveDirectory"]
     assert aad["enabled"] is True
     assert aad["validation"]["allowedAudiences"] == "allowedAudiences"

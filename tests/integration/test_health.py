@@ -60,3 +60,19 @@ def test_health_degraded_without_storage(app_functions, monkeypatch: pytest.Monk
         assert body["dependencies"]["targets"] == {"state": "unavailable", "reason": "configuration-error"}
     finally:
         _clear()
+
+
+def test_liveness_answers_while_dependencies_are_down(
+    app_functions, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("WRITEBACK_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv("WRITEBACK_TARGETS_FILE", str(tmp_path / "missing.yaml"))
+    _clear()
+    try:
+        fn = app_functions["liveness"]
+        resp = fn.get_user_function()(func.HttpRequest("GET", "http://localhost/api/v1/health/live", body=b""))
+        assert resp.status_code == 200
+        assert json.loads(resp.get_body()) == {"status": "alive"}
+        assert _call_health(app_functions).status_code == 503
+    finally:
+        _clear()
