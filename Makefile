@@ -57,7 +57,7 @@ services: setup
 gateway: setup
 	$(PY) -m devhost --local-services .local/endpoints.json
 
-# Governed write-back against direct writes, side by side (a few minutes); writes docs/benchmarks.md.
+# The benchmarks against DESIGN.md §11 (about 2 minutes); rewrites docs/benchmarks.md and docs/benchmarks.json.
 bench: setup
 	$(PY) -m tools.bench $(BENCH_ARGS)
 

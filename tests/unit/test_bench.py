@@ -1,0 +1,61 @@
+"""The benchmark's in-process part and its report, on small numbers (no services): it must run on a fresh clone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools import bench
+
+
+def test_in_process_counts_and_splits_cpu_over_the_fakes() -> None:
+    result = bench.in_process(8, warmup=2, sample=True)
+
+    assert result["tableRoundTrips"] == 6
+    assert result["fakeDownstreamCalls"] <= 3
+    assert set(result["stagesMedianMs"]) == {"intake", "dispatch", "prepare", "write"}
+    assert result["totalMedianMs"] > 0
+    assert abs(sum(part["share"] for part in result["split"].values()) - 1) < 1e-9
+
+
+def _result() -> dict[str, Any]:
+    cpu = bench.in_process(4, warmup=1, sample=True)
+    latency = {"rate": 100.0, "p50": 2.0, "p95": 4.0}
+    return {
+        "changes": 10,
+        "cores": 2,
+        "concurrency": 4,
+        "intakeRequests": 10,
+        "direct": {"rate": 500.0},
+        "governed": {"rate": 20.0, "cpu": {"runtime": 0.5, "Azurite": 0.12, "FHIR server": None}},
+        "live": latency,
+        "health": latency,
+        "openapi": latency,
+        "intake": {**latency, "rate": 20.0, "cpu": {"runtime": 0.3}},
+        "downstreamPerChange": 2.0,
+        "downstreamByMethod": {"GET": 10, "POST": 10},
+        "history": {"activities": 2.0, "episodes": 3.0},
+        "cpu": cpu,
+        "cpuTables": {**cpu, "totalMedianMs": cpu["totalMedianMs"] + 20},
+        "replay": {
+            "growth": [{"episodes": 1, "medianMs": 0.3, "msPerEpisode": 0.3}],
+            "perChangeMs": 1.0,
+            "episodesPerChange": 3.0,
+        },
+        "growth": {"validation": [], "lineage": [], "memory": [{"changes": 0, "rssMb": 100.0}]},
+    }
+
+
+def test_report_gives_a_verdict_per_bar_and_explains_the_ratios() -> None:
+    result = _result()
+    result["derived"] = bench.derived(result)
+    table = bench.rows(result)
+    verdicts = {name: ok for name, _value, bar, ok in table if bar}
+
+    assert verdicts["Governed / direct"] == "**NOT met**"  # 20 / 500
+    assert verdicts["Intake / no-op"] == "**NOT met**"  # 20 / 100
+    assert verdicts["Table round trips per change (port count)"] == "met"
+    assert result["derived"]["storageClientCpuMs"] == 20
+    assert result["derived"]["cpuMsPerChange"]["runtime"] == 50  # 0.5 CPU-s over 10 changes
+    assert round(result["derived"]["governedCeiling"]) == 32  # 2 cores / (50 + 12) ms
+    text = "\n".join(bench.reading(result))
+    assert "cannot exceed about 32 changes/s" in text
