@@ -285,11 +285,13 @@ def test_transaction_rewrites_urn_uuid_references(client: httpx.Client) -> None:
 def test_transaction_with_a_stale_if_match_changes_nothing(client: httpx.Client) -> None:
     v1 = create(client, patient(gender="male"))
     v2 = client.put(f"/Patient/{v1['id']}", json={**v1, "gender": "female"}).json()
+    other = create(client, patient("other-before-tx"))
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
             {"resource": patient("new-in-tx"), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {**other, "gender": "other"}, "request": {"method": "PUT", "url": f"Patient/{other['id']}"}},
             {
                 "resource": {**v2, "gender": "other"},
                 "request": {"method": "PUT", "url": f"Patient/{v1['id']}", "ifMatch": etag(v1)},
@@ -298,8 +300,13 @@ def test_transaction_with_a_stale_if_match_changes_nothing(client: httpx.Client)
     }
 
     assert_outcome(client.post("", json=bundle), 412)
+    # nothing of the transaction is left: not the create, not the update that succeeded before the stale one
     assert client.get("/Patient", params={"identifier": f"{MRN}|new-in-tx"}).json()["total"] == 0
     assert client.get(f"/Patient/{v1['id']}").json() == v2
+    assert client.get(f"/Patient/{other['id']}").json() == other
+    assert client.get(f"/Patient/{other['id']}/_history").json()["total"] == 1
+    assert client.get(f"/Patient/{v1['id']}/_history").json()["total"] == 2
+    del bundle["entry"][1]
 
     bundle["entry"][1]["request"]["ifMatch"] = etag(v2)
     assert client.post("", json=bundle).status_code == 200

@@ -60,7 +60,11 @@ export class LocalRepository extends MemoryRepository {
    */
   createResourceSync(resource, options, update) {
     this.validate(resource);
-    return super.createResourceSync(resource, options, update);
+    const before = this.undoLog && resource.id !== undefined ? this.stateOf(resource.resourceType, resource.id) : undefined;
+    const stored = super.createResourceSync(resource, options, update);
+    // a create without an id got a fresh one, so nothing was there before
+    this.undoLog?.push(before ?? { resourceType: stored.resourceType, id: stored.id, length: 0 });
+    return stored;
   }
 
   validate(resource) {
@@ -127,43 +131,72 @@ export class LocalRepository extends MemoryRepository {
   }
 
   /**
-   * MemoryRepository runs the callback with no rollback; this snapshots the maps and restores them on failure, so a
-   * transaction Bundle with a failing entry leaves nothing behind. Stored versions are never mutated in place, so
-   * copying the maps (not the resources) is a full snapshot. Nested calls join the outer transaction.
+   * MemoryRepository runs the callback with no rollback; this keeps an undo log of every write the transaction makes
+   * and replays it backwards on failure, so a transaction Bundle with a failing entry leaves nothing behind. (It used
+   * to copy the whole store per transaction, which made every transaction cost as much as the store was big.) The
+   * server runs one request at a time, so the log holds this transaction's writes only. Stored versions are never
+   * mutated in place and version lists are only appended to, so a write is undone by putting back the previous
+   * current version and cutting the version list back to its previous length. Nested calls join the outer one.
    */
   async withTransaction(callback) {
     if (this.transactionDepth > 0) {
       return callback(this);
     }
-    const snapshot = this.snapshot();
+    this.undoLog = [];
     this.transactionDepth++;
     try {
       return await callback(this);
     } catch (err) {
-      this.restore(snapshot);
+      for (const state of this.undoLog.reverse()) {
+        this.restoreState(state);
+      }
       throw err;
     } finally {
       this.transactionDepth--;
+      this.undoLog = undefined;
     }
   }
 
-  snapshot() {
+  stateOf(resourceType, id) {
+    const versions = this.history.get(resourceType)?.get(id);
     return {
-      resources: new Map([...this.resources].map(([type, byId]) => [type, new Map(byId)])),
-      history: new Map(
-        [...this.history].map(([type, byId]) => [type, new Map([...byId].map(([id, list]) => [id, list.slice()]))])
-      ),
+      resourceType,
+      id,
+      current: this.resources.get(resourceType)?.get(id),
+      versions,
+      length: versions?.length ?? 0,
     };
   }
 
-  restore(snapshot) {
-    this.resources.clear();
-    this.history.clear();
-    for (const [type, byId] of snapshot.resources) {
-      this.resources.set(type, byId);
+  restoreState({ resourceType, id, current, versions, length }) {
+    if (!this.resources.has(resourceType)) {
+      this.resources.set(resourceType, new Map());
     }
-    for (const [type, byId] of snapshot.history) {
-      this.history.set(type, byId);
+    if (!this.history.has(resourceType)) {
+      this.history.set(resourceType, new Map());
     }
+    if (current === undefined) {
+      this.resources.get(resourceType).delete(id);
+    } else {
+      this.resources.get(resourceType).set(id, current);
+    }
+    if (versions === undefined) {
+      this.history.get(resourceType).delete(id);
+    } else {
+      versions.length = length;
+      this.history.get(resourceType).set(id, versions);
+    }
+  }
+
+  deleteResource(resourceType, id, options) {
+    this.undoLog?.push(this.stateOf(resourceType, id));
+    return super.deleteResource(resourceType, id, options);
+  }
+
+  async expungeResources(resourceType, ids) {
+    for (const id of ids) {
+      this.undoLog?.push(this.stateOf(resourceType, id));
+    }
+    return super.expungeResources(resourceType, ids);
   }
 }

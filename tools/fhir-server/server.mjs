@@ -39,7 +39,7 @@ class HttpError extends Error {
   }
 }
 
-/** Runs async callbacks one at a time, so a transaction's snapshot/rollback never interleaves with other writes. */
+/** Runs async callbacks one at a time, so a transaction's undo log never holds another request's writes. */
 class Mutex {
   tail = Promise.resolve();
 
