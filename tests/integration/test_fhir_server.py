@@ -242,6 +242,27 @@ def test_search_by_identifier_and_tag(client: httpx.Client) -> None:
     assert_outcome(client.get("/Patient", params={"identifer": f"{MRN}|2"}), 400)
 
 
+def test_tag_search_sees_only_current_versions_and_other_filters(client: httpx.Client) -> None:
+    # the server answers exact `_tag` searches from an index: it must agree with a full scan
+    tag = {"system": "urn:writeback:change", "code": "Change-ABC"}
+    query = {"_tag": "URN:writeback:change|change-abc"}  # token search ignores case
+    first = create(client, patient("t1", meta={"tag": [tag]}))
+    second = create(client, patient("t2", gender="female", meta={"tag": [tag]}))
+    create(client, patient("t3"))
+
+    assert sorted(e["resource"]["id"] for e in client.get("/Patient", params=query).json()["entry"]) == sorted(
+        [first["id"], second["id"]]
+    )
+    assert client.get("/Patient", params={**query, "gender": "female"}).json()["total"] == 1
+    assert client.get("/Patient", params={**query, "_count": "1"}).json()["total"] == 2
+    untagged = client.put(f"/Patient/{first['id']}", json={**first, "meta": {}}).json()
+    assert "tag" not in untagged["meta"]
+    assert [e["resource"]["id"] for e in client.get("/Patient", params=query).json()["entry"]] == [second["id"]]
+    client.delete(f"/Patient/{second['id']}")
+    assert client.get("/Patient", params=query).json()["total"] == 0
+    assert client.get("/Observation", params=query).json()["total"] == 0
+
+
 def test_transaction_rewrites_urn_uuid_references(client: httpx.Client) -> None:
     patient_urn = f"urn:uuid:{uuid.uuid4()}"
     bundle = {

