@@ -19,6 +19,7 @@ from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import token_provider_for
 from shared.adapters.local_queue_publisher import LocalQueuePublisher
 from shared.adapters.servicebus_publisher import ServiceBusPublisher
+from shared.adapters.storage_transport import EnvironmentOnceTransport
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
 from shared.approval_notices import ApprovalNotices
@@ -50,9 +51,13 @@ def _credential(settings: Settings) -> Any:
 def table_service() -> TableServiceClient:
     settings = get_settings()
     if settings.storage_connection_string:
-        return TableServiceClient.from_connection_string(settings.storage_connection_string)
+        return TableServiceClient.from_connection_string(
+            settings.storage_connection_string, transport=EnvironmentOnceTransport()
+        )
     if settings.table_endpoint:
-        return TableServiceClient(settings.table_endpoint, credential=_credential(settings))
+        return TableServiceClient(
+            settings.table_endpoint, credential=_credential(settings), transport=EnvironmentOnceTransport()
+        )
     raise ConfigurationError("set WritebackStorage__tableServiceUri (or a storage connection string locally)")
 
 
@@ -60,9 +65,13 @@ def table_service() -> TableServiceClient:
 def blob_service() -> BlobServiceClient:
     settings = get_settings()
     if settings.storage_connection_string:
-        return BlobServiceClient.from_connection_string(settings.storage_connection_string)
+        return BlobServiceClient.from_connection_string(
+            settings.storage_connection_string, transport=EnvironmentOnceTransport()
+        )
     if settings.blob_endpoint:
-        return BlobServiceClient(settings.blob_endpoint, credential=_credential(settings))
+        return BlobServiceClient(
+            settings.blob_endpoint, credential=_credential(settings), transport=EnvironmentOnceTransport()
+        )
     raise ConfigurationError("set WritebackStorage__blobServiceUri (or a storage connection string locally)")
 
 

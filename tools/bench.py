@@ -48,6 +48,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from shared.adapters.storage_transport import EnvironmentOnceTransport
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
 from shared.caller_identity import ROLE_SUBMIT
@@ -545,27 +546,30 @@ def episodes_per_change(state: Path, change_ids: list[str]) -> float | None:
     return statistics.mean(counts) if counts else None
 
 
-def replay_figures(episodes: float | None) -> dict[str, Any]:
-    """SDK replay growth (1-50 episodes in the history) and the replay CPU of one change's episodes."""
+def replay_costs() -> dict[int, float]:
+    """Median SDK replay ms of a history of k episodes, k = 1-10, 20, 50 (``tools/bench_app``'s chain); {} if the
+    SDK cannot be loaded. Taken first, in a small process, so nothing else in the run skews it."""
     try:
         from devhost.app_index import load_app
         from tools.bench_replay import APP_DIR, sdk_replay_ms
 
         handler = load_app("replay_app", APP_DIR).functions["bench_chain"].func
         sdk_replay_ms(handler, 5, 10)
-        growth = [
-            {"episodes": e, "medianMs": ms, "msPerEpisode": ms / e}
-            for e in (1, 5, 10, 20, 50)
-            for ms in [sdk_replay_ms(handler, e, 60 if e <= 10 else 25)]
-        ]
-        per_change = None
-        if episodes:
-            # every episode replays the whole history so far: episode k replays k episodes
-            per_change = sum(sdk_replay_ms(handler, k, 60) for k in range(1, round(episodes) + 1))
-        return {"growth": growth, "perChangeMs": per_change, "episodesPerChange": episodes}
+        return {k: sdk_replay_ms(handler, k, 60 if k <= 10 else 25) for k in (*range(1, 11), 20, 50)}
     except Exception as exc:  # an optional figure: report it as not measured
         print(f"sdk replay not measured: {exc}", file=sys.stderr)
-        return {"growth": [], "perChangeMs": None, "episodesPerChange": episodes}
+        return {}
+
+
+def replay_figures(costs: dict[int, float], episodes: float | None) -> dict[str, Any]:
+    """Replay growth, and the replay CPU of one change: episode k replays a history of k episodes."""
+    growth = [
+        {"episodes": k, "medianMs": costs[k], "msPerEpisode": costs[k] / k} for k in (1, 5, 10, 20, 50) if k in costs
+    ]
+    per_change = None
+    if episodes and costs and round(episodes) <= 10:
+        per_change = sum(costs[k] for k in range(1, round(episodes) + 1))
+    return {"growth": growth, "perChangeMs": per_change, "episodesPerChange": episodes}
 
 
 # --- report -------------------------------------------------------------------------------------------------------
@@ -759,6 +763,7 @@ def main() -> None:
         k: {"share": v["share"], "ms": v["share"] * result["cpu"]["totalMedianMs"]} for k, v in sampled["split"].items()
     }
     result["cpu"]["splitSamples"] = sampled["splitSamples"]
+    replay = replay_costs()
     print("validation growth...", flush=True)
     result["growth"] = {"validation": validation_growth()}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir, local_stack(Path(tmpdir)) as stack:
@@ -766,7 +771,9 @@ def main() -> None:
         print(f"services and gateway up ({time.perf_counter() - started:.0f} s); seeding...", flush=True)
         from azure.data.tables import TableServiceClient
 
-        tables = TableServiceClient.from_connection_string(stack["azurite"].connection_string)
+        tables = TableServiceClient.from_connection_string(
+            stack["azurite"].connection_string, transport=EnvironmentOnceTransport()
+        )
         result["cpuTables"] = in_process(args.cpu_changes, warmup=50, tables=tables)
         direct_ids = [f"bd-{uuid.uuid4().hex[:10]}" for _ in range(n)]
         gov_ids = [f"bg-{uuid.uuid4().hex[:10]}" for _ in range(n + 10)]
@@ -809,7 +816,7 @@ def main() -> None:
         result["growth"]["lineage"] = lineage_query_growth(stack["azurite"].connection_string, sizes)
         print(f"memory over {args.memory_changes} further governed changes...", flush=True)
         result["growth"]["memory"] = memory_run(stack, args.memory_changes, c)
-    result["replay"] = replay_figures(result["history"]["episodes"])
+    result["replay"] = replay_figures(replay, result["history"]["episodes"])
     result["runSeconds"] = time.perf_counter() - started
     report(result, write=not args.no_write)
 
