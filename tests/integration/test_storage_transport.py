@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 class ForwardingProxy(BaseHTTPRequestHandler):
     """A plain-HTTP forward proxy: requests arrive with an absolute URL and are passed on as they are."""
 
+    protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
     seen: list[str] = []
 
     def _forward(self) -> None:
