@@ -11,6 +11,9 @@ def test_in_process_counts_and_splits_cpu_over_the_fakes() -> None:
     result = bench.in_process(8, warmup=2, sample=True)
 
     assert result["tableRoundTrips"] == 6
+    # the CPU inside the fakes is timed at the ports and kept apart from the project's own
+    assert 0 < result["outsidePortsMedianMs"] < result["totalMedianMs"]
+    assert result["storesMedianMs"] > 0 and result["otherFakesMedianMs"] > 0
     assert result["fakeDownstreamCalls"] <= 3
     assert set(result["stagesMedianMs"]) == {"intake", "dispatch", "prepare", "write"}
     assert result["totalMedianMs"] > 0
@@ -35,7 +38,7 @@ def _result() -> dict[str, Any]:
         "downstreamByMethod": {"GET": 10, "POST": 10},
         "history": {"activities": 2.0, "episodes": 3.0},
         "cpu": cpu,
-        "cpuTables": {**cpu, "totalMedianMs": cpu["totalMedianMs"] + 20},
+        "cpuTables": {**cpu, "storesMedianMs": 20.0},
         "replay": {
             "growth": [{"episodes": 1, "medianMs": 0.3, "msPerEpisode": 0.3}],
             "perChangeMs": 1.0,
@@ -55,6 +58,7 @@ def test_report_gives_a_verdict_per_bar_and_explains_the_ratios() -> None:
     assert verdicts["Intake / no-op"] == "**NOT met**"  # 20 / 100
     assert verdicts["Table round trips per change (port count)"] == "met"
     assert result["derived"]["storageClientCpuMs"] == 20
+    assert result["derived"]["projectCpuMs"] == result["cpu"]["outsidePortsMedianMs"] + 1.0  # + the replay
     assert result["derived"]["cpuMsPerChange"]["runtime"] == 50  # 0.5 CPU-s over 10 changes
     assert round(result["derived"]["governedCeiling"]) == 32  # 2 cores / (50 + 12) ms
     text = "\n".join(bench.reading(result))
