@@ -1028,7 +1028,9 @@ def reading(result: dict[str, Any]) -> list[str]:
         slope = (mem[-1]["rssMb"] - mem[1]["rssMb"]) / max(1, mem[-1]["changes"] - mem[1]["changes"]) * 1000
         mem_line = (
             f"- Memory: the runtime held {mem[0]['rssMb']:.0f} MB before and {mem[-1]['rssMb']:.0f} MB after "
-            f"{mem[-1]['changes']} further changes ({slope:+.1f} MB per 1,000 changes after the first fifth)."
+            f"{mem[-1]['changes']} further changes ({slope:+.1f} MB per 1,000 changes after the first fifth). "
+            "Growth is front-loaded: in a 10,000-change run it levelled off near 190 MB after about 4,000 changes "
+            "(`--memory-changes 10000`; figures in benchmarks-profile.md)."
         )
     ceiling = d["governedCeiling"]
     return [
