@@ -269,8 +269,7 @@ def governed_changes(gw: Any, state: Path, ids: list[str], concurrency: int, tim
     finished_at: dict[str, float] = {}
 
     def watch() -> None:
-        con = sqlite3.connect(f"file:{state / 'durable.db'}?mode=ro", uri=True, timeout=30)
-        try:
+        with durable_db(state, timeout=30) as con:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 rows = con.execute(FINISHED_SQL).fetchall()
@@ -282,8 +281,6 @@ def governed_changes(gw: Any, state: Path, ids: list[str], concurrency: int, tim
                     if submitted.is_set() and len(finished_at) == len(pending):
                         return
                 time.sleep(0.02)
-        finally:
-            con.close()
 
     watcher = threading.Thread(target=watch)
     start = time.perf_counter()
@@ -300,13 +297,21 @@ def governed_changes(gw: Any, state: Path, ids: list[str], concurrency: int, tim
     return {"rate": rate, "seconds": elapsed, "outcomes": dict(done), "changeIds": sorted(pending)}
 
 
+@contextmanager
+def durable_db(state: Path, timeout: float = 5.0) -> Iterator[sqlite3.Connection]:
+    """The runtime's ``durable.db``, read-only, from this process."""
+    con = sqlite3.connect(f"file:{state / 'durable.db'}?mode=ro", uri=True, timeout=timeout)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
 def history_counts(state: Path, change_ids: list[str]) -> dict[str, float | None]:
     """Per change, from the runtime's ``durable.db``: activities (TaskScheduled) and episodes (OrchestratorStarted)."""
-    db = state / "durable.db"
-    if not db.exists() or not change_ids:
+    if not (state / "durable.db").exists() or not change_ids:
         return {"activities": None, "episodes": None}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
+    with durable_db(state) as con:
         per_change = [
             Counter(
                 json.loads(e).get("EventType")
@@ -314,8 +319,6 @@ def history_counts(state: Path, change_ids: list[str]) -> dict[str, float | None
             )
             for cid in change_ids
         ]
-    finally:
-        con.close()
     return {
         "activities": statistics.mean(c[4] for c in per_change),
         "episodes": statistics.mean(c[12] for c in per_change),
@@ -323,14 +326,8 @@ def history_counts(state: Path, change_ids: list[str]) -> dict[str, float | None
 
 
 def finished_instances(state: Path) -> int:
-    con = sqlite3.connect(f"file:{state / 'durable.db'}?mode=ro", uri=True)
-    try:
-        row = con.execute(
-            "SELECT count(*) FROM instances WHERE status IN ('Completed', 'Failed', 'Terminated', 'Canceled')"
-        ).fetchone()
-    finally:
-        con.close()
-    return int(row[0])
+    with durable_db(state) as con:
+        return len(con.execute(FINISHED_SQL).fetchall())
 
 
 def memory_run(stack: dict[str, Any], n: int, concurrency: int, checkpoints: int = 5) -> list[dict[str, Any]]:
@@ -437,27 +434,6 @@ class StackSampler:
         sys.setswitchinterval(self._interval)
 
 
-class TimedProxy:
-    """Forwards to ``inner`` and adds the CPU seconds spent inside its methods to ``spent[0]``."""
-
-    def __init__(self, inner: Any, spent: list[float]) -> None:
-        self._inner, self._spent = inner, spent
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.process_time()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                self._spent[0] += time.process_time() - start
-
-        return timed
-
-
 def in_process(
     changes: int, warmup: int, *, tables: Any = None, sample: bool = False, prefix: str = "benchcpu"
 ) -> dict[str, Any]:
@@ -481,13 +457,13 @@ def in_process(
     # CPU seconds inside the ports: the storage ports (fakes, or the real Table adapters), and the other fakes
     stores: list[float] = [0.0]
     others: list[float] = [0.0]
-    journal = ChangeJournal(CountingProxy(TimedProxy(change_store, stores), calls, "changes"))
-    payloads: Any = TimedProxy(FakePayloadStore(), stores)
+    journal = ChangeJournal(CountingProxy(change_store, calls, "changes", spent=stores))
+    payloads: Any = CountingProxy(FakePayloadStore(), Counter(), "payloads", spent=stores)
     intake = IntakeService(
-        idempotency=CountingProxy(TimedProxy(idempotency_store, stores), calls, "idempotency"),
+        idempotency=CountingProxy(idempotency_store, calls, "idempotency", spent=stores),
         journal=journal,
         payloads=payloads,
-        publisher=TimedProxy(FakeMessagePublisher(), others),
+        publisher=CountingProxy(FakeMessagePublisher(), Counter(), "publisher", spent=others),
         targets=targets,
         max_body_bytes=1_048_576,
         retention=timedelta(hours=72),
@@ -497,7 +473,7 @@ def in_process(
         payloads=payloads,
         targets=targets,
         policy=Policy.from_file(REPO_ROOT / "config" / "policy.yaml"),
-        fhir=lambda _: TimedProxy(fakes[0], others),
+        fhir=lambda _: CountingProxy(fakes[0], Counter(), "fhir", spent=others),
     )
     principal = Principal(app_id="crm", user_id="u1", roles=[ROLE_SUBMIT])
     stages: dict[str, list[float]] = {"intake": [], "dispatch": [], "prepare": [], "write": []}
@@ -561,69 +537,35 @@ def in_process(
     return out
 
 
-def episodes_per_change(state: Path, change_ids: list[str]) -> float | None:
-    """Orchestrator episodes (OrchestratorStarted events) per change in the runtime's ``durable.db``."""
-    db = state / "durable.db"
-    if not db.exists():
-        return None
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        counts = [
-            sum(
-                1
-                for (e,) in con.execute("SELECT event FROM history WHERE instance_id = ?", (cid,))
-                if json.loads(e).get("EventType") == 12
-            )
-            for cid in change_ids
-        ]
-    finally:
-        con.close()
-    return statistics.mean(counts) if counts else None
-
-
 INBOX_EVENTS = {0, 3, 5, 6, 8, 9, 11, 15}  # what an episode receives; the rest are what it recorded
 
 
 def episode_contexts(events: list[dict[str, Any]], instance_id: str, orchestration_input: str | None) -> list[str]:
     """The context JSON each episode of a finished instance was given: the history so far (played) plus the
-    episode's OrchestratorStarted and the events it received, as the local runtime's engine builds it."""
-    starts = [i for i, e in enumerate(events) if e.get("EventType") == 12]
+    episode's OrchestratorStarted and the events it received, built as the local runtime's engine builds it."""
+    from devhost.durable.engine import episode_context
+
     contexts = []
-    for k, start in enumerate(starts):
+    for start in (i for i, e in enumerate(events) if e.get("EventType") == 12):
         end = start + 1
         while end < len(events) and events[end].get("EventType") in INBOX_EVENTS:
             end += 1
-        history = [{**e, "IsPlayed": True} for e in events[:start]] + [
-            {**e, "IsPlayed": False} for e in events[start:end]
-        ]
-        contexts.append(
-            json.dumps(
-                {
-                    "history": history,
-                    "input": orchestration_input,
-                    "instanceId": instance_id,
-                    "isReplaying": k > 0,
-                    "parentInstanceId": None,
-                    "upperSchemaVersion": 1,
-                    "upperSchemaVersionNew": 2,
-                }
-            )
-        )
+        played = [{**e, "IsPlayed": True} for e in events[:start]]
+        received = [{**e, "IsPlayed": False} for e in events[start:end]]
+        contexts.append(json.dumps(episode_context(played, received, orchestration_input, instance_id)))
     return contexts
 
 
 def orchestrator_replay_per_change(state: Path, change_ids: list[str], repeats: int = 20) -> float | None:
     """CPU ms of the SDK running the real ``writeback_orchestrator`` over every episode of a governed change, from
     the histories the run left in ``durable.db`` (median over the changes)."""
-    db = state / "durable.db"
-    if not db.exists() or not change_ids:
+    if not (state / "durable.db").exists() or not change_ids:
         return None
     from devhost.app_index import load_app
     from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
 
     handler = load_app("function_app", REPO_ROOT).functions[ORCHESTRATOR_NAME].func
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
+    with durable_db(state) as con:
         per_change = []
         for cid in change_ids[:20]:
             events = [
@@ -639,8 +581,6 @@ def orchestrator_replay_per_change(state: Path, change_ids: list[str], repeats: 
                 for context in contexts:
                     handler(context)
             per_change.append((time.process_time() - start) * 1000 / repeats)
-    finally:
-        con.close()
     return statistics.median(per_change)
 
 

@@ -88,6 +88,27 @@ def _retry_delay(options: dict[str, Any], attempt: int) -> float:
     return delay
 
 
+def episode_context(
+    history: list[dict[str, Any]],
+    new_events: list[dict[str, Any]],
+    orchestration_input: str | None,
+    instance_id: str,
+    parent_instance_id: str | None = None,
+) -> dict[str, Any]:
+    """The context the host hands the orchestrator for one episode: the played history and the new events."""
+    return {
+        "history": history + new_events,
+        "input": orchestration_input,
+        "instanceId": instance_id,
+        "isReplaying": bool(history),
+        "parentInstanceId": parent_instance_id,
+        "upperSchemaVersion": 1,
+        "upperSchemaVersionNew": 2,
+        "maximumShortTimerDuration": MAX_SHORT_TIMER,
+        "longRunningTimerIntervalDuration": LONG_TIMER_INTERVAL,
+    }
+
+
 class DurableEngine:
     def __init__(
         self,
@@ -417,17 +438,7 @@ class DurableEngine:
                 new_events.append(event(EventType.TASK_SCHEDULED, now, retry_id, Name=meta_info["name"]))
                 retries.append((retry_id, {**meta_info, "attempt": int(meta_info["attempt"]) + 1}))
 
-        context = {
-            "history": history + new_events,
-            "input": inst["input"],
-            "instanceId": instance_id,
-            "isReplaying": bool(history),
-            "parentInstanceId": inst["parent_instance_id"],
-            "upperSchemaVersion": 1,
-            "upperSchemaVersionNew": 2,
-            "maximumShortTimerDuration": MAX_SHORT_TIMER,
-            "longRunningTimerIntervalDuration": LONG_TIMER_INTERVAL,
-        }
+        context = episode_context(history, new_events, inst["input"], instance_id, inst["parent_instance_id"])
         state, error = self._call_orchestrator(inst["name"], context)
         actions = flatten_actions(state) if state else []
         recorded = db.execute(

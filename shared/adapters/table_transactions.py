@@ -29,7 +29,7 @@ from typing import Any
 from azure.data.tables import TableClient
 
 _log = logging.getLogger(__name__)
-_installed = False
+_installed: bool | None = None  # None until tried once; then whether the hooks are in place
 _lock = threading.Lock()
 CRLF = b"\r\n"
 
@@ -43,10 +43,11 @@ def submit_transaction(table: TableClient, operations: Sequence[Any]) -> list[Ma
 def install_inline_multipart() -> bool:
     """Run azure-core's multipart policies inline and join bodies directly from now on; True when installed."""
     global _installed
-    with _lock:
-        if not _installed:
-            _installed = _install()
-        return _installed
+    if _installed is None:  # checked without the lock: every transaction passes here
+        with _lock:
+            if _installed is None:
+                _installed = _install()
+    return _installed
 
 
 def passes_mime_unchanged(payload: bytes) -> bool:
