@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,20 +26,54 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the OS picks it)."""
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LISTEN_PORT_FLOOR = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def listen_port_range() -> range:
+    """Ports a local service may listen on: outside the kernel's ephemeral range, which outbound connections draw
+    from. A port the OS handed out with ``bind(0)`` can be taken by any client socket between the probe and the
+    service's own ``listen``; one below the ephemeral range can only be taken by another listener."""
+    low, high = _ephemeral_range()
+    if low - _LISTEN_PORT_FLOOR >= 1000:
+        return range(_LISTEN_PORT_FLOOR, low)
+    if 65535 - high >= 1000:
+        return range(high + 1, 65536)
+    return range(1024, 65536)
+
+
+def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` can be bound now. No ``SO_REUSEADDR``, so a socket in TIME_WAIT counts as taken too."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
-def free_port_block(count: int, attempts: int = 50) -> int:
-    """The first of ``count`` consecutive free ports (for services that take a base port and the next ones)."""
+def free_port_block(count: int, attempts: int = 200) -> int:
+    """The first of ``count`` consecutive ports that can all be bound now, outside the ephemeral range."""
+    candidates = listen_port_range()
+    rng = random.SystemRandom()
     for _ in range(attempts):
-        first = free_port()
-        if first + count - 1 <= 65535 and not any(port_open(first + i) for i in range(1, count)):
+        first = rng.randrange(candidates.start, candidates.stop - count + 1)
+        if all(port_bindable(first + i) for i in range(count)):
             return first
-    raise RuntimeError(f"no {count} consecutive free ports found")
+    raise RuntimeError(f"no {count} consecutive free ports found in {candidates.start}-{candidates.stop - 1}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that can be bound now, outside the ephemeral range."""
+    return free_port_block(1)
 
 
 def dev_ports() -> dict[str, int]:
