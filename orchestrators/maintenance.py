@@ -1,4 +1,5 @@
-"""Timer functions: purge expired idempotency keys, and publish changes left accepted but not enqueued."""
+"""Timer functions: purge expired idempotency keys; the outbox sweeper (publish what was never enqueued, fail what
+was never started)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from shared import bootstrap
-from shared.config import get_settings
-from shared.maintenance import fail_stuck, purge_idempotency_keys, sweep_unpublished
+from shared.maintenance import purge_idempotency_keys
 
 bp = df.Blueprint()
 log = logging.getLogger("writeback.maintenance")
@@ -23,10 +23,8 @@ def purge_expired_keys(timer: func.TimerRequest) -> None:
 
 @bp.timer_trigger(arg_name="timer", schedule="*/30 * * * * *", run_on_startup=False, use_monitor=False)
 def sweep_unpublished_changes(timer: func.TimerRequest) -> None:
-    settings = get_settings()
-    published = sweep_unpublished(bootstrap.intake(), older_than_seconds=settings.sweep_after_seconds)
-    if published:
-        log.info("republished %d changes left unpublished", published)
-    stuck = fail_stuck(bootstrap.journal(), older_than_seconds=int(settings.stuck_after_minutes * 60))
-    if stuck:
-        log.warning("%d changes were never picked up (dead-lettered messages?) and are now failed", stuck)
+    result = bootstrap.sweeper().sweep()
+    if result.published:
+        log.info("republished %d changes left unpublished", result.published)
+    if result.failed:
+        log.warning("%d changes were never picked up (dead-lettered messages?) and are now failed", result.failed)

@@ -22,6 +22,7 @@ from shared.adapters.servicebus_publisher import ServiceBusPublisher
 from shared.adapters.storage_transport import EnvironmentOnceTransport
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
+from shared.adapters.table_sweep_state import TableSweepState
 from shared.approval_notices import ApprovalNotices
 from shared.approvals import ApprovalLinks, ApprovalService
 from shared.caller_identity import Authenticator, JwtValidator
@@ -30,6 +31,7 @@ from shared.config import Settings, get_settings
 from shared.errors import ConfigurationError
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
+from shared.maintenance import OutboxSweeper
 from shared.operations import OperationsService
 from shared.pipeline import ChangePipeline
 from shared.policy import Policy
@@ -81,6 +83,14 @@ def change_store() -> TableChangeStore:
         store = TableChangeStore(table_service(), prefix=get_settings().table_prefix)
         store.ensure_tables()
         return store
+
+
+@cache
+def sweep_state() -> TableSweepState:
+    with _lock:
+        state = TableSweepState(table_service(), prefix=get_settings().table_prefix)
+        state.ensure_tables()
+        return state
 
 
 @cache
@@ -158,6 +168,20 @@ def intake() -> IntakeService:
         max_body_bytes=settings.max_body_bytes,
         retention=timedelta(hours=settings.idempotency_retention_hours),
         stale_after=timedelta(seconds=settings.intake_stale_after_seconds),
+        sweep_state=sweep_state(),
+        sweep_grace=timedelta(minutes=settings.sweep_grace_minutes),
+    )
+
+
+@cache
+def sweeper() -> OutboxSweeper:
+    settings = get_settings()
+    return OutboxSweeper(
+        intake(),
+        sweep_state(),
+        publish_after=timedelta(seconds=settings.sweep_after_seconds),
+        stuck_after=timedelta(minutes=settings.stuck_after_minutes),
+        grace=timedelta(minutes=settings.sweep_grace_minutes),
     )
 
 
@@ -235,7 +259,7 @@ def approval_notices() -> ApprovalNotices:
 
 @cache
 def operations() -> OperationsService:
-    return OperationsService(journal(), publisher())
+    return OperationsService(journal(), publisher(), sweep_state())
 
 
 @cache
@@ -261,6 +285,7 @@ def reset() -> None:
         table_service,
         blob_service,
         change_store,
+        sweep_state,
         idempotency_store,
         payload_store,
         targets,
@@ -268,6 +293,8 @@ def reset() -> None:
         journal,
         publisher,
         intake,
+        sweeper,
+        operations,
         pipeline,
         authenticator,
         changes_api,

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     intake_stale_after_seconds: float = Field(default=30, gt=0)
     retry_deadline_minutes: float = Field(default=60, gt=0)
     stuck_after_minutes: float = Field(default=30, gt=0)
+    sweep_grace_minutes: float = Field(default=15, gt=0)
     local_runtime_url: str | None = Field(default=None, validation_alias=AliasChoices("WRITEBACK_LOCAL_RUNTIME_URL"))
 
 

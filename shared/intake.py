@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.api_responses import request_error_from
+from shared.change_ids import change_id_time, new_change_id
 from shared.errors import (
     AlreadyExistsError,
     ConcurrencyError,
@@ -50,7 +50,7 @@ from shared.models import (
     Principal,
     ResourceChange,
 )
-from shared.ports import IdempotencyStore, MessagePublisher, PayloadStore
+from shared.ports import IdempotencyStore, MessagePublisher, PayloadStore, SweepState
 from shared.targets import TargetRegistry
 
 log = logging.getLogger("writeback.intake")
@@ -212,8 +212,10 @@ class IntakeService:
         max_body_bytes: int,
         retention: timedelta,
         stale_after: timedelta = timedelta(seconds=30),
+        sweep_state: SweepState,
+        sweep_grace: timedelta,
         clock: Callable[[], datetime] = utcnow,
-        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_id: Callable[[], str] | None = None,
     ) -> None:
         self.idempotency = idempotency
         self.journal = journal
@@ -223,8 +225,10 @@ class IntakeService:
         self.max_body_bytes = max_body_bytes
         self.retention = retention
         self.stale_after = stale_after
+        self.sweep_state = sweep_state
+        self.sweep_grace = sweep_grace
         self._clock = clock
-        self._new_id = new_id
+        self._new_id = new_id or (lambda: new_change_id(self._clock()))
 
     def submit(
         self, principal: Principal, key: str | None, body: bytes, *, traceparent: str | None = None
@@ -293,6 +297,10 @@ class IntakeService:
         resume: ChangeRecord | None = None,
     ) -> ChangeRecord:
         record = resume
+        taken_at = change_id_time(change_id)
+        if taken_at is None or self._clock() - taken_at > self.sweep_grace / 2:
+            # Stored (or published) long after its id was taken: outside the sweeper's key range, so name it.
+            self.sweep_state.mark_pending(change_id, self._clock())
         if record is None:
             payload = self.payloads.put(change_id, body)
             record = ChangeRecord(

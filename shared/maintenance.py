@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from shared.change_ids import change_id_floor, change_id_time
 from shared.errors import ConcurrencyError, WritebackError
 from shared.intake import IntakeService
-from shared.journal import ChangeJournal, Step, utcnow
-from shared.models import ChangeMessage, ChangeStatus
-from shared.ports import IdempotencyStore
+from shared.journal import Step, utcnow
+from shared.models import ChangeMessage, ChangeRecord, ChangeStatus
+from shared.ports import IdempotencyStore, SweepState
 
 
 def purge_idempotency_keys(store: IdempotencyStore, now: datetime | None = None) -> int:
     return store.purge_expired(now or utcnow())
-
-
-def sweep_unpublished(
-    intake: IntakeService, *, older_than_seconds: int, max_changes: int = 500, now: datetime | None = None
-) -> int:
-    """Publish (again) changes still accepted and not enqueued after a while; MessageId dedupe makes it safe."""
-    cutoff = (now or utcnow()) - timedelta(seconds=older_than_seconds)
-    published, token = 0, None
-    while published < max_changes:
-        page = intake.journal.store.query(status=ChangeStatus.ACCEPTED, page_size=100, continuation_token=token)
-        for record in page.items:
-            if record.enqueued or record.updated_at > cutoff:
-                continue
-            try:
-                intake.publisher.publish(ChangeMessage(change_id=record.change_id, target=record.target))
-            except WritebackError:
-                return published
-            intake.mark_enqueued(record)
-            published += 1
-        token = page.continuation_token
-        if token is None:
-            break
-    return published
 
 
 STUCK_ERROR = {
@@ -46,29 +26,123 @@ STUCK_ERROR = {
 }
 
 
-def fail_stuck(
-    journal: ChangeJournal, *, older_than_seconds: int, now: datetime | None = None, limit: int = 500
-) -> int:
-    """Changes published but never started (their message dead-lettered) become ``failed``, so operators see them
-    in the exception queue and can retry them (a retry publishes a new message)."""
-    cutoff = (now or utcnow()) - timedelta(seconds=older_than_seconds)
-    failed, token = 0, None
-    while failed < limit:
-        page = journal.store.query(status=ChangeStatus.ACCEPTED, page_size=100, continuation_token=token)
-        for record in page.items:
-            if not record.enqueued or record.updated_at > cutoff:
+@dataclass
+class SweepResult:
+    published: int = 0
+    failed: int = 0
+    read: int = 0
+    cursor: datetime | None = None
+
+
+class OutboxSweeper:
+    """Finds changes left ``accepted``: publishes those never enqueued (MessageId de-duplication makes a second
+    message harmless), and fails those enqueued but never started (their message was dead-lettered), so that
+    operators see them in the exception queue and can retry them.
+
+    Change ids sort by the time they were taken, so the sweeper reads only a key range: from its cursor, less a
+    grace period for an intake that stores its record late, up to ``publish_after`` ago. It then moves the cursor
+    to the oldest change it leaves accepted. Changes put back to ``accepted`` under an older id (an operator's
+    retry, an intake resumed late) are marked pending and checked by name until they move on.
+    """
+
+    def __init__(
+        self,
+        intake: IntakeService,
+        state: SweepState,
+        *,
+        publish_after: timedelta,
+        stuck_after: timedelta,
+        grace: timedelta,
+        limit: int = 500,
+    ) -> None:
+        self.intake = intake
+        self.state = state
+        self.publish_after = publish_after
+        self.stuck_after = stuck_after
+        self.grace = grace
+        self.limit = limit
+
+    def sweep(self, now: datetime | None = None) -> SweepResult:
+        now = now or utcnow()
+        result = SweepResult()
+        if self._sweep_pending(now, result):
+            result.cursor = self._sweep_range(now, result)
+            self.state.advance(result.cursor)
+        return result
+
+    def _sweep_pending(self, now: datetime, result: SweepResult) -> bool:
+        """Check the marked changes; False when the publisher is down (the sweep stops)."""
+        store = self.intake.journal.store
+        for entry in self.state.pending(self.limit):
+            record = store.get(entry.change_id)
+            if record is None or record.status is not ChangeStatus.ACCEPTED:
+                # Young marks stay: a retry marks its change before putting it back to accepted.
+                if now - entry.marked_at > self.grace:
+                    self.state.clear_pending(entry)
                 continue
+            if self._limit_reached(result):
+                return True
+            still_open = self._settle(record, now, result)
+            if still_open is None:
+                return False
+            if not still_open:
+                self.state.clear_pending(entry)
+        return True
+
+    def _sweep_range(self, now: datetime, result: SweepResult) -> datetime:
+        """Act on the accepted changes in the cursor's key range; return where the next sweep starts."""
+        end = now - self.publish_after
+        start = self.state.cursor() or now - self.stuck_after
+        oldest_open: datetime | None = None
+        for record in self._accepted(change_id_floor(start - self.grace), change_id_floor(end)):
+            result.read += 1
+            still_open = None if self._limit_reached(result) else self._settle(record, now, result)
+            if still_open is not False and oldest_open is None:
+                oldest_open = change_id_time(record.change_id)
+            if still_open is None:
+                break
+        return min(oldest_open or end, end)
+
+    def _accepted(self, low: str, high: str) -> Iterator[ChangeRecord]:
+        token = None
+        while True:
+            page = self.intake.journal.store.query(
+                status=ChangeStatus.ACCEPTED, change_ids=(low, high), page_size=100, continuation_token=token
+            )
+            yield from page.items
+            token = page.continuation_token
+            if token is None:
+                return
+
+    def _limit_reached(self, result: SweepResult) -> bool:
+        return result.published + result.failed >= self.limit
+
+    def _settle(self, record: ChangeRecord, now: datetime, result: SweepResult) -> bool | None:
+        """Publish or fail one accepted change. True: it stays accepted; False: it is failed now; None: the
+        publisher is down."""
+        if not record.enqueued:
+            if record.updated_at > now - self.publish_after:
+                return True
+            message = ChangeMessage(
+                change_id=record.change_id,
+                target=record.target,
+                kind="retry" if record.retries else "change",
+                attempt=record.retries,
+            )
             try:
-                journal.record(
-                    record,
-                    [Step("failed", {"code": "not-dispatched"})],
-                    status=ChangeStatus.FAILED,
-                    error=STUCK_ERROR,
-                )
-            except ConcurrencyError:
-                continue  # it moved meanwhile: it was picked up after all
-            failed += 1
-        token = page.continuation_token
-        if token is None:
-            break
-    return failed
+                self.intake.publisher.publish(message)
+            except WritebackError:
+                return None
+            self.intake.mark_enqueued(record)
+            result.published += 1
+            return True
+        if record.updated_at > now - self.stuck_after:
+            return True
+        try:
+            self.intake.journal.record(
+                record, [Step("failed", {"code": "not-dispatched"})], status=ChangeStatus.FAILED, error=STUCK_ERROR
+            )
+        except ConcurrencyError:
+            return True  # it moved meanwhile: it was picked up after all
+        result.failed += 1
+        return False

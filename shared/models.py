@@ -273,6 +273,15 @@ class ResourceChange(WireModel):
     at: datetime
 
 
+class PendingChange(WireModel):
+    """A change put back to ``accepted`` with an id older than the outbox sweeper's window (an operator's retry, an
+    intake resumed late), so the sweeper checks it by name until it has moved on."""
+
+    change_id: str
+    marked_at: datetime
+    etag: str | None = Field(default=None, exclude=True)
+
+
 class ChangeMessage(WireModel):
     """What travels on the queue: ids only, never a resource body."""
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from shared.errors import ConcurrencyError, StateConflictError, WritebackError
 from shared.journal import ChangeJournal, Step, utcnow
 from shared.models import ChangeMessage, ChangeRecord, ChangeStatus
-from shared.ports import MessagePublisher
+from shared.ports import MessagePublisher, SweepState
 
 RETRYABLE = frozenset({ChangeStatus.FAILED, ChangeStatus.CONFLICT, ChangeStatus.EXPIRED})
 MAX_REPLAY = 1000
@@ -39,10 +39,16 @@ class ReplayFilter:
 
 class OperationsService:
     def __init__(
-        self, journal: ChangeJournal, publisher: MessagePublisher, *, clock: Callable[[], datetime] = utcnow
+        self,
+        journal: ChangeJournal,
+        publisher: MessagePublisher,
+        sweep_state: SweepState,
+        *,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.journal = journal
         self.publisher = publisher
+        self.sweep_state = sweep_state
         self._clock = clock
 
     def retry(self, change_id: str, actor: str, *, replan: bool = False) -> ChangeRecord:
@@ -56,6 +62,9 @@ class OperationsService:
             raise StateConflictError("Only a change in conflict can be re-planned")
         attempt = record.retries + 1
         step = Step("retry-requested", {"by": actor, "attempt": attempt, "replan": replan, "from": record.status.value})
+        # Its id is older than the outbox sweeper's key range: named before it is accepted again, so that the
+        # sweeper still publishes it if the publish below fails or the process dies first.
+        self.sweep_state.mark_pending(change_id, self._clock())
         record = self.journal.record(
             record,
             [step],

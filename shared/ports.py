@@ -19,6 +19,7 @@ from shared.models import (
     LineageEvent,
     Page,
     PayloadRef,
+    PendingChange,
     ResourceChange,
 )
 
@@ -69,10 +70,15 @@ class ChangeStore(Protocol):
         target: str | None = None,
         resource_type: str | None = None,
         verified: bool | None = None,
+        change_ids: tuple[str, str] | None = None,
         page_size: int = 50,
         continuation_token: str | None = None,
     ) -> Page[ChangeRecord]:
-        """Records matching every filter given; ``verified=False`` lists completed changes whose read-back drifted."""
+        """Records matching every filter given, in change id order.
+
+        ``verified=False`` lists completed changes whose read-back drifted; ``change_ids=(low, high)`` keeps ids with
+        ``low <= id < high``, read as a key range rather than a scan.
+        """
         ...
 
     def index_resource(self, entry: ResourceChange) -> None:
@@ -89,6 +95,30 @@ class ChangeStore(Protocol):
         continuation_token: str | None = None,
     ) -> Page[ResourceChange]:
         """Changes that touched one resource, newest first."""
+        ...
+
+
+class SweepState(Protocol):
+    """What the outbox sweeper keeps between runs: how far it has read, and the changes to check by name."""
+
+    def cursor(self) -> datetime | None:
+        """The time of the oldest change id still worth reading (None before the first sweep)."""
+        ...
+
+    def advance(self, cursor: datetime) -> None:
+        """Store the cursor (last write wins; a cursor set too low only makes the next sweep read more)."""
+        ...
+
+    def mark_pending(self, change_id: str, at: datetime) -> None:
+        """Have the sweeper check this change by name (idempotent; marking again refreshes ``marked_at``)."""
+        ...
+
+    def pending(self, limit: int = 500) -> list[PendingChange]:
+        """Marked changes, oldest id first."""
+        ...
+
+    def clear_pending(self, entry: PendingChange) -> None:
+        """Remove the mark, unless it was marked again since ``entry`` was read (If-Match); gone is fine."""
         ...
 
 

@@ -51,12 +51,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from shared.adapters.storage_transport import EnvironmentOnceTransport
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
+from shared.adapters.table_sweep_state import TableSweepState
 from shared.caller_identity import ROLE_SUBMIT
 from shared.dispatch import should_start
 from shared.fakes.counting import CountingProxy
 from shared.fakes.fhir import FakeFhirClient
 from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
+from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
 from shared.models import Principal
@@ -449,11 +450,13 @@ def in_process(
     calls: Counter[str] = Counter()
     change_store: Any = FakeChangeStore()
     idempotency_store: Any = FakeIdempotencyStore()
+    sweep_state: Any = FakeSweepState()
     if tables is not None:
         change_store = TableChangeStore(tables, prefix=prefix)
         idempotency_store = TableIdempotencyStore(tables, prefix=prefix)
-        change_store.ensure_tables()
-        idempotency_store.ensure_tables()
+        sweep_state = TableSweepState(tables, prefix=prefix)
+        for store in (change_store, idempotency_store, sweep_state):
+            store.ensure_tables()
     # CPU seconds inside the ports: the storage ports (fakes, or the real Table adapters), and the other fakes
     stores: list[float] = [0.0]
     others: list[float] = [0.0]
@@ -467,6 +470,8 @@ def in_process(
         targets=targets,
         max_body_bytes=1_048_576,
         retention=timedelta(hours=72),
+        sweep_state=CountingProxy(sweep_state, calls, "sweep", spent=stores),
+        sweep_grace=timedelta(minutes=15),
     )
     pipeline = ChangePipeline(
         journal=journal,

@@ -143,10 +143,15 @@ class TableChangeStore:
         target: str | None = None,
         resource_type: str | None = None,
         verified: bool | None = None,
+        change_ids: tuple[str, str] | None = None,
         page_size: int = 50,
         continuation_token: str | None = None,
     ) -> Page[ChangeRecord]:
         clauses = [f"RowKey eq '{RECORD_ROW}'"]
+        if change_ids is not None:
+            low, high = change_ids
+            # PartitionKey bounds first: the service reads only the partitions in the range.
+            clauses[:0] = [f"PartitionKey ge {odata_quote(low)}", f"PartitionKey lt {odata_quote(high)}"]
         if verified is not None:
             clauses.append(f"Verified eq {'true' if verified else 'false'}")
         if status is not None:

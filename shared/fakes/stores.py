@@ -21,6 +21,7 @@ from shared.models import (
     LineageEvent,
     Page,
     PayloadRef,
+    PendingChange,
     ResourceChange,
 )
 
@@ -142,10 +143,14 @@ class FakeChangeStore:
         target: str | None = None,
         resource_type: str | None = None,
         verified: bool | None = None,
+        change_ids: tuple[str, str] | None = None,
         page_size: int = 50,
         continuation_token: str | None = None,
     ) -> Page[ChangeRecord]:
         checks: list[Callable[[ChangeRecord], bool]] = []
+        if change_ids is not None:
+            low, high = change_ids
+            checks.append(lambda r: low <= r.change_id < high)
         if verified is not None:
             checks.append(lambda r: r.result is not None and r.result.get("verified") is verified)
         if status is not None:
@@ -175,6 +180,33 @@ class FakeChangeStore:
         with self._lock:
             rows = list(self._index.get((target, resource_type, resource_id), {}).items())
         return _page(rows, page_size, continuation_token)
+
+
+class FakeSweepState:
+    def __init__(self) -> None:
+        self._cursor: datetime | None = None
+        self._pending: dict[str, PendingChange] = {}
+        self._lock = threading.Lock()
+
+    def cursor(self) -> datetime | None:
+        return self._cursor
+
+    def advance(self, cursor: datetime) -> None:
+        self._cursor = cursor
+
+    def mark_pending(self, change_id: str, at: datetime) -> None:
+        with self._lock:
+            self._pending[change_id] = PendingChange(change_id=change_id, marked_at=at, etag=_etag())
+
+    def pending(self, limit: int = 500) -> list[PendingChange]:
+        with self._lock:
+            return [e.model_copy() for _, e in sorted(self._pending.items())[: max(1, limit)]]
+
+    def clear_pending(self, entry: PendingChange) -> None:
+        with self._lock:
+            current = self._pending.get(entry.change_id)
+            if current is not None and current.etag == entry.etag:
+                del self._pending[entry.change_id]
 
 
 class FakePayloadStore:

@@ -15,6 +15,7 @@ from azure.storage.blob import BlobServiceClient
 from shared.adapters.blob_payload_store import BlobPayloadStore
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
+from shared.change_ids import change_id_floor, new_change_id
 from shared.errors import AlreadyExistsError, ConcurrencyError, RequestError
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
 from shared.models import (
@@ -279,6 +280,28 @@ def test_query_filters_and_pages_with_continuation_tokens(stores: Stores) -> Non
     with pytest.raises(RequestError) as err:
         stores.changes.query(continuation_token="not-a-token!")
     assert err.value.issues[0].path == "continuationToken"
+
+
+def test_query_reads_a_change_id_range_in_id_order(stores: Stores) -> None:
+    """The outbox sweeper's read: accepted changes whose time-ordered ids fall in [low, high), oldest first."""
+    times = [NOW + timedelta(minutes=m) for m in range(6)]
+    ids = [new_change_id(t) for t in times]
+    for i, cid in enumerate(ids):
+        status = ChangeStatus.COMPLETED if i == 3 else ChangeStatus.ACCEPTED
+        stores.changes.create(change_record(cid, status=status), event(cid, 1, status))
+    stores.changes.create(change_record("c-outside"), event("c-outside", 1))
+    window = (change_id_floor(times[1]), change_id_floor(times[5]))
+    seen: list[str] = []
+    token: str | None = None
+    while True:
+        page = stores.changes.query(
+            status=ChangeStatus.ACCEPTED, change_ids=window, page_size=2, continuation_token=token
+        )
+        seen += [r.change_id for r in page.items]
+        token = page.continuation_token
+        if token is None:
+            break
+    assert seen == [ids[1], ids[2], ids[4]]
 
 
 def test_resource_history_is_newest_first_paged_and_idempotent(stores: Stores) -> None:

@@ -4,6 +4,7 @@ and the client retries with the same Idempotency-Key. The change must complete e
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import httpx
@@ -148,5 +149,40 @@ def test_a_crash_after_the_write_then_a_downstream_write_before_the_restart_stil
         assert sub.final["status"] == "completed", sub.final
         assert gw.fhir(ref).json()["address"][0]["city"] == "York"
         assert not violations, violations
+    finally:
+        stop_gateway(gw)
+
+
+def test_a_crash_after_the_record_with_no_client_retry_is_finished_by_the_sweeper(
+    services: Services, tmp_path: Any, invariants: Invariants
+) -> None:
+    """The process dies after storing the record and before publishing, and the client never comes back. The
+    sweeper timer of the restarted gateway (its key-range read, on the real tables) publishes the change."""
+    gw: FaultGateway = launch_gateway(
+        services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": "intake.after-record"}
+    )
+    try:
+        patient = new_patient(gw, invariants.canary)
+        ref = f"Patient/{patient['id']}"
+        email = {"system": "email", "value": f"{invariants.canary}@example.org"}
+        sub = invariants.new(update_body(patient, f"sweeper {invariants.canary}", telecom=[email]), label="sweeper")
+        assert invariants.attempt(gw, sub) is None, "the connection dies with the process before any answer"
+        assert wait_until_dead(gw) == -signal.SIGKILL
+        gw = restart_gateway(gw, SETTINGS)
+
+        audit = gw.headers("auditor", ["Writeback.Audit"])
+        deadline, final = time.monotonic() + 75, None
+        while final is None:
+            assert time.monotonic() < deadline, "the sweeper did not finish the change"
+            listed = httpx.get(f"{gw.api}/changes", params={"target": "local-ehr"}, headers=audit, timeout=30)
+            assert listed.status_code == 200, listed.text
+            mine = [c for c in listed.json()["items"] if c.get("resourceRef") == ref]
+            if mine and mine[0]["status"] == "completed":
+                final = mine[0]
+            time.sleep(0.5)
+        assert len(history(gw, ref)) == 2, "written exactly once"
+        lineage = httpx.get(f"{gw.api}/changes/{final['changeId']}/lineage", headers=audit, timeout=30).json()
+        events = [e["event"] for e in lineage["events"]]
+        assert events[:2] == ["accepted", "enqueued"] and events.count("written") == 1, events
     finally:
         stop_gateway(gw)

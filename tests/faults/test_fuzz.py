@@ -40,7 +40,7 @@ from shared.approvals import ApprovalService
 from shared.caller_identity import Authenticator, encode_easyauth_principal
 from shared.changes_api import ChangesApi
 from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
+from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
 from shared.models import ChangeRequest, Principal
@@ -143,6 +143,8 @@ def services() -> Services:
         targets=TARGETS,
         max_body_bytes=MAX_BODY,
         retention=timedelta(hours=72),
+        sweep_state=FakeSweepState(),
+        sweep_grace=timedelta(minutes=15),
     )
     api = ChangesApi(
         authenticate=Authenticator("easyauth").authenticate,

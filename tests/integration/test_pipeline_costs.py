@@ -22,7 +22,7 @@ from shared.caller_identity import ROLE_SUBMIT
 from shared.dispatch import should_start
 from shared.fakes.counting import CountingProxy
 from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
+from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
 from shared.models import ChangeStatus, Principal
@@ -67,6 +67,8 @@ def test_happy_path_update_costs(
         targets=targets,
         max_body_bytes=1_048_576,
         retention=timedelta(hours=72),
+        sweep_state=CountingProxy(FakeSweepState(), calls, "sweep"),
+        sweep_grace=timedelta(minutes=15),
     )
     target = targets.get("local-ehr")
     assert target is not None

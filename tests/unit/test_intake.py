@@ -10,10 +10,10 @@ import pytest
 
 from shared.errors import IdempotencyKeyInUseError, IdempotencyKeyMismatchError, RetryableError
 from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
+from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal
-from shared.maintenance import fail_stuck, purge_idempotency_keys, sweep_unpublished
+from shared.maintenance import OutboxSweeper, purge_idempotency_keys
 from shared.models import ChangeStatus, IdempotencyRecord, Principal
 from shared.targets import TargetRegistry
 
@@ -53,9 +53,21 @@ def parts(clock: Clock) -> tuple[IntakeService, FakeIdempotencyStore, FakeChange
         targets=TargetRegistry.from_file(REPO / "config" / "targets.yaml", {}),
         max_body_bytes=10_000,
         retention=timedelta(hours=72),
+        sweep_state=FakeSweepState(),
+        sweep_grace=timedelta(minutes=15),
         clock=clock,
     )
     return intake, idem, changes, publisher
+
+
+def sweeper(intake: IntakeService) -> OutboxSweeper:
+    return OutboxSweeper(
+        intake,
+        intake.sweep_state,
+        publish_after=timedelta(seconds=60),
+        stuck_after=timedelta(minutes=30),
+        grace=timedelta(minutes=15),
+    )
 
 
 def test_outbox_stores_indexes_publishes_and_marks(parts) -> None:
@@ -74,13 +86,13 @@ def test_publish_failure_still_accepts_and_the_sweeper_publishes_later(parts, cl
     result = intake.submit(CRM, "k2", BODY)
     record = changes.get(result.change.change_id)
     assert record is not None and not record.enqueued and publisher.sent == []
-    assert sweep_unpublished(intake, older_than_seconds=60, now=clock.now) == 0  # too young yet
+    assert sweeper(intake).sweep(clock.now).published == 0  # too young yet
     clock.now += timedelta(minutes=2)
-    assert sweep_unpublished(intake, older_than_seconds=60, now=clock.now) == 1
+    assert sweeper(intake).sweep(clock.now).published == 1
     assert [m.change_id for m in publisher.sent] == [record.change_id]
     swept = changes.get(record.change_id)
     assert swept is not None and swept.enqueued
-    assert sweep_unpublished(intake, older_than_seconds=60, now=clock.now) == 0
+    assert sweeper(intake).sweep(clock.now).published == 0
 
 
 def test_a_crash_after_the_claim_is_finished_by_a_retry_with_the_same_key(parts, clock: Clock) -> None:
@@ -122,8 +134,8 @@ def test_purge_drops_keys_past_retention(parts, clock: Clock) -> None:
 def test_a_change_published_but_never_started_becomes_failed_for_operators(parts, clock: Clock) -> None:
     intake, _, changes, _ = parts
     record = intake.submit(CRM, "stuck", BODY).change
-    assert fail_stuck(intake.journal, older_than_seconds=1800, now=clock.now + timedelta(minutes=10)) == 0
-    assert fail_stuck(intake.journal, older_than_seconds=1800, now=clock.now + timedelta(minutes=31)) == 1
+    assert sweeper(intake).sweep(clock.now + timedelta(minutes=10)).failed == 0
+    assert sweeper(intake).sweep(clock.now + timedelta(minutes=31)).failed == 1
     stuck = changes.get(record.change_id)
     assert stuck is not None and stuck.status is ChangeStatus.FAILED
     assert stuck.error is not None and stuck.error["type"].endswith("not-dispatched")

@@ -1,0 +1,105 @@
+"""The outbox sweeper over the real Table adapters on Azurite: the key-range read, the cursor row and the pending
+partition together, for an unpublished change, a dead-lettered one and an operator's retry of an old change."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+from shared.adapters.table_change_store import TableChangeStore
+from shared.adapters.table_idempotency_store import TableIdempotencyStore
+from shared.adapters.table_sweep_state import TableSweepState
+from shared.change_ids import change_id_time
+from shared.errors import RetryableError
+from shared.fakes.messages import FakeMessagePublisher
+from shared.fakes.stores import FakePayloadStore
+from shared.intake import IntakeService
+from shared.journal import ChangeJournal, Step
+from shared.maintenance import OutboxSweeper
+from shared.models import ChangeStatus, Principal
+from shared.operations import OperationsService
+from shared.targets import TargetRegistry
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CRM = Principal(app_id="crm", user_id="u1", roles=["Writeback.Submit"])
+BODY = json.dumps(
+    {
+        "target": "local-ehr",
+        "operation": "patch",
+        "resourceRef": "Patient/p1",
+        "patch": [{"op": "replace", "path": "/telecom/0/value", "value": "555"}],
+    }
+).encode()
+
+
+def test_the_sweeper_on_table_storage(azurite) -> None:  # type: ignore[no-untyped-def]
+    now = [datetime(2026, 11, 25, 12, tzinfo=UTC)]
+
+    def clock() -> datetime:
+        return now[0]
+
+    tables = TableServiceClient.from_connection_string(azurite.connection_string)
+    prefix = "t" + uuid.uuid4().hex[:10]
+    changes, idem, state = (
+        TableChangeStore(tables, prefix=prefix),
+        TableIdempotencyStore(tables, prefix=prefix),
+        TableSweepState(tables, prefix=prefix),
+    )
+    for store in (changes, idem, state):
+        store.ensure_tables()
+    journal = ChangeJournal(changes, clock=clock)
+    publisher = FakeMessagePublisher(clock=clock)
+    intake = IntakeService(
+        idempotency=idem,
+        journal=journal,
+        payloads=FakePayloadStore(),
+        publisher=publisher,
+        targets=TargetRegistry.from_file(REPO / "config" / "targets.yaml", {}),
+        max_body_bytes=10_000,
+        retention=timedelta(hours=72),
+        sweep_state=state,
+        sweep_grace=timedelta(minutes=15),
+        clock=clock,
+    )
+    sweeper = OutboxSweeper(
+        intake,
+        state,
+        publish_after=timedelta(seconds=60),
+        stuck_after=timedelta(minutes=30),
+        grace=timedelta(minutes=15),
+    )
+
+    def sweep(after: timedelta):  # type: ignore[no-untyped-def]
+        now[0] += after
+        return sweeper.sweep(now[0])
+
+    publisher.fail_next(RetryableError(detail="broker down"))
+    unpublished = intake.submit(CRM, "k1", BODY).change
+    now[0] += timedelta(seconds=1)
+    dead_lettered = intake.submit(CRM, "k2", BODY.replace(b"555", b"556")).change
+    assert sweep(timedelta(seconds=10)).published == 0
+    result = sweep(timedelta(minutes=2))
+    assert result.published == 1 and result.cursor == change_id_time(unpublished.change_id)
+    assert state.cursor() == result.cursor
+    journal.record(journal.load(unpublished.change_id), [Step("validating")], status=ChangeStatus.VALIDATING)
+
+    result = sweep(timedelta(minutes=30))
+    assert result.failed == 1 and journal.load(dead_lettered.change_id).status is ChangeStatus.FAILED
+    assert result.cursor == now[0] - timedelta(seconds=60)
+
+    sweep(timedelta(days=2))
+    publisher.fail_next(RetryableError(detail="broker down"))
+    OperationsService(journal, publisher, state, clock=clock).retry(dead_lettered.change_id, "operator-1")
+    assert [e.change_id for e in state.pending()] == [dead_lettered.change_id]
+    assert sweep(timedelta(minutes=2)).published == 1
+    assert publisher.sent[-1].change_id == dead_lettered.change_id and publisher.sent[-1].kind == "retry"
+    journal.record(journal.load(dead_lettered.change_id), [Step("validating")], status=ChangeStatus.VALIDATING)
+    sweep(timedelta(minutes=20))
+    assert state.pending() == []
