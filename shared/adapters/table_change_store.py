@@ -3,12 +3,18 @@
 One partition per change: the ``record`` row and one insert-only row per lineage event (``event-0000000001``...),
 so a transition (record replace with If-Match + new event) is one entity-group transaction. A second table indexes
 changes by resource, newest first.
+
+A third table indexes the review and exception queues (``awaiting_approval``, ``conflict``, ``failed``, ``expired``,
+and completed changes whose read-back drifted), so that listing them reads those changes, not the whole table. The
+index row is written just before the transition that enters the status (an extra round trip only off the happy
+path); a row whose change has moved on is skipped when read, and deleted once it is older than a few minutes (a young
+one may belong to a transition under way).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -34,6 +40,11 @@ MAX_PAGE_SIZE = 1000
 # Filtered cross-partition queries may return empty pages with a token; read a few before giving back a page.
 MAX_EMPTY_PAGES = 20
 _EPOCH_MS_CEILING = 10**13
+QUEUE_STATUSES = frozenset(
+    {ChangeStatus.AWAITING_APPROVAL, ChangeStatus.CONFLICT, ChangeStatus.FAILED, ChangeStatus.EXPIRED}
+)
+DRIFTED_QUEUE = "drifted"
+STALE_QUEUE_ROW_AGE = timedelta(minutes=5)
 
 
 def event_row_key(sequence: int) -> str:
@@ -74,6 +85,44 @@ def event_entity(event: LineageEvent) -> dict[str, Any]:
     }
 
 
+def queues_of(record: ChangeRecord) -> list[str]:
+    """The queue index partitions a record in this state belongs to."""
+    queues = [record.status.value] if record.status in QUEUE_STATUSES else []
+    if record.status is ChangeStatus.COMPLETED and record.result and record.result.get("verified") is False:
+        queues.append(DRIFTED_QUEUE)
+    return queues
+
+
+def queue_for(status: ChangeStatus | None, verified: bool | None) -> str | None:
+    """The queue index partition that holds every record matching these filters, if one does."""
+    if status is not None and status in QUEUE_STATUSES:
+        return status.value
+    if verified is False and status in (None, ChangeStatus.COMPLETED):
+        return DRIFTED_QUEUE
+    return None
+
+
+def record_matches(
+    record: ChangeRecord,
+    *,
+    status: ChangeStatus | None = None,
+    target: str | None = None,
+    resource_type: str | None = None,
+    verified: bool | None = None,
+    change_ids: tuple[str, str] | None = None,
+) -> bool:
+    """The filters of ``ChangeStore.query``, applied to one record."""
+    if status is not None and record.status is not status:
+        return False
+    if target is not None and record.target != target:
+        return False
+    if resource_type is not None and record.resource_type != resource_type:
+        return False
+    if verified is not None and (record.result is None or record.result.get("verified") is not verified):
+        return False
+    return change_ids is None or change_ids[0] <= record.change_id < change_ids[1]
+
+
 def record_from_entity(entity: Any) -> ChangeRecord:
     record = ChangeRecord.model_validate(unpack_json(entity))
     record.etag = entity.metadata.get("etag")
@@ -84,12 +133,14 @@ class TableChangeStore:
     def __init__(self, service: TableServiceClient, *, prefix: str = "writeback") -> None:
         self._changes: TableClient = service.get_table_client(f"{prefix}changes")
         self._resources: TableClient = service.get_table_client(f"{prefix}resources")
+        self._queues: TableClient = service.get_table_client(f"{prefix}queues")
 
     def ensure_tables(self) -> None:
-        for table in (self._changes, self._resources):
+        for table in (self._changes, self._resources, self._queues):
             ensure_table(table)
 
     def create(self, record: ChangeRecord, event: LineageEvent) -> ChangeRecord:
+        self._enter_queues(record)
         ops: list[Any] = [("create", record_entity(record)), ("create", event_entity(event))]
         result = self._submit(ops, f"change {record.change_id}")
         return record.model_copy(update={"etag": result[0].get("etag")})
@@ -99,6 +150,7 @@ class TableChangeStore:
             raise ValueError("transition needs the record's etag (read it first)")
         if len(events) + 1 > MAX_BATCH:
             raise ValueError(f"a transition holds at most {MAX_BATCH - 1} lineage events")
+        self._enter_queues(record)
         ops: list[Any] = [
             (
                 "update",
@@ -109,6 +161,17 @@ class TableChangeStore:
         ]
         result = self._submit(ops, f"change {record.change_id}")
         return record.model_copy(update={"etag": result[0].get("etag")})
+
+    def _enter_queues(self, record: ChangeRecord) -> None:
+        for queue in queues_of(record):
+            row = {
+                "PartitionKey": queue,
+                "RowKey": record.change_id,
+                "Target": record.target,
+                "ResourceType": record.resource_type,
+                "IndexedAt": datetime.now(UTC),
+            }
+            self._queues.upsert_entity(row, mode=UpdateMode.REPLACE)
 
     def _submit(self, ops: list[Any], what: str) -> list[Mapping[str, Any]]:
         try:
@@ -147,21 +210,53 @@ class TableChangeStore:
         page_size: int = 50,
         continuation_token: str | None = None,
     ) -> Page[ChangeRecord]:
-        clauses = [f"RowKey eq '{RECORD_ROW}'"]
+        filters: dict[str, Any] = {
+            "status": status,
+            "target": target,
+            "resource_type": resource_type,
+            "verified": verified,
+            "change_ids": change_ids,
+        }
+        queue = queue_for(status, verified)
+        key = "RowKey" if queue is not None else "PartitionKey"
+        clauses = [f"PartitionKey eq {odata_quote(queue)}"] if queue is not None else [f"RowKey eq '{RECORD_ROW}'"]
         if change_ids is not None:
+            # Key bounds first: the service reads only the keys in the range.
             low, high = change_ids
-            # PartitionKey bounds first: the service reads only the partitions in the range.
-            clauses[:0] = [f"PartitionKey ge {odata_quote(low)}", f"PartitionKey lt {odata_quote(high)}"]
-        if verified is not None:
+            clauses[:0] = [f"{key} ge {odata_quote(low)}", f"{key} lt {odata_quote(high)}"]
+        if queue is None and verified is not None:
             clauses.append(f"Verified eq {'true' if verified else 'false'}")
-        if status is not None:
+        if queue is None and status is not None:
             clauses.append(f"Status eq {odata_quote(status.value)}")
         if target is not None:
             clauses.append(f"Target eq {odata_quote(target)}")
         if resource_type is not None:
             clauses.append(f"ResourceType eq {odata_quote(resource_type)}")
-        items, token = self._page(self._changes, " and ".join(clauses), page_size, continuation_token)
-        return Page[ChangeRecord](items=[record_from_entity(e) for e in items], continuation_token=token)
+        table = self._queues if queue is not None else self._changes
+        items, token = self._page(table, " and ".join(clauses), page_size, continuation_token)
+        if queue is None:
+            return Page[ChangeRecord](items=[record_from_entity(e) for e in items], continuation_token=token)
+        records = [r for r in (self._from_queue_row(row) for row in items) if r and record_matches(r, **filters)]
+        return Page[ChangeRecord](items=records, continuation_token=token)
+
+    def _from_queue_row(self, row: Any) -> ChangeRecord | None:
+        """The record a queue row points at; a row left behind by a change that moved on is deleted once old."""
+        record = self.get(row["RowKey"])
+        if record is not None and row["PartitionKey"] in queues_of(record):
+            return record
+        indexed_at = row.get("IndexedAt")
+        if isinstance(indexed_at, datetime) and datetime.now(UTC) - indexed_at > STALE_QUEUE_ROW_AGE:
+            try:
+                self._queues.delete_entity(
+                    row["PartitionKey"],
+                    row["RowKey"],
+                    etag=row.metadata.get("etag"),
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except HttpResponseError as exc:
+                if exc.status_code not in (404, 412):
+                    raise
+        return None
 
     def index_resource(self, entry: ResourceChange) -> None:
         entity = {

@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
 from shared.adapters.blob_payload_store import blob_name_for, inline_ref
-from shared.adapters.table_change_store import newest_first_key
+from shared.adapters.table_change_store import newest_first_key, record_matches
 from shared.adapters.table_codec import decode_token, encode_token
 from shared.errors import AlreadyExistsError, ConcurrencyError, NotFoundError
 from shared.models import (
@@ -147,20 +146,19 @@ class FakeChangeStore:
         page_size: int = 50,
         continuation_token: str | None = None,
     ) -> Page[ChangeRecord]:
-        checks: list[Callable[[ChangeRecord], bool]] = []
-        if change_ids is not None:
-            low, high = change_ids
-            checks.append(lambda r: low <= r.change_id < high)
-        if verified is not None:
-            checks.append(lambda r: r.result is not None and r.result.get("verified") is verified)
-        if status is not None:
-            checks.append(lambda r: r.status == status)
-        if target is not None:
-            checks.append(lambda r: r.target == target)
-        if resource_type is not None:
-            checks.append(lambda r: r.resource_type == resource_type)
         with self._lock:
-            rows = [(cid, r.model_copy()) for cid, r in self._records.items() if all(c(r) for c in checks)]
+            rows = [
+                (cid, r.model_copy())
+                for cid, r in self._records.items()
+                if record_matches(
+                    r,
+                    status=status,
+                    target=target,
+                    resource_type=resource_type,
+                    verified=verified,
+                    change_ids=change_ids,
+                )
+            ]
         return _page(rows, page_size, continuation_token)
 
     def index_resource(self, entry: ResourceChange) -> None:

@@ -342,3 +342,67 @@ def test_query_finds_drifted_completions(stores: Stores) -> None:
     drifted = stores.changes.query(verified=False).items
     assert [r.change_id for r in drifted] == ["v2"]
     assert [r.change_id for r in stores.changes.query(verified=True).items] == ["v1"]
+
+
+def _move(stores: Stores, change_id: str, status: ChangeStatus, **updates: object) -> ChangeRecord:
+    record = stores.changes.get(change_id)
+    assert record is not None
+    sequence = len(stores.changes.lineage(change_id)) + 1
+    moved = record.model_copy(update={"status": status, "sequence": sequence, **updates})
+    return stores.changes.transition(moved, event(change_id, sequence, status))
+
+
+def _all(stores: Stores, **filters: object) -> list[str]:
+    seen: list[str] = []
+    token: str | None = None
+    while True:
+        page = stores.changes.query(page_size=2, continuation_token=token, **filters)  # type: ignore[arg-type]
+        seen += [r.change_id for r in page.items]
+        token = page.continuation_token
+        if token is None:
+            return seen
+
+
+def test_review_and_exception_queues_list_changes_while_they_are_in_the_status(stores: Stores) -> None:
+    ids = [new_change_id(NOW + timedelta(seconds=s)) for s in range(6)]
+    for cid in ids:
+        stores.changes.create(change_record(cid), event(cid, 1))
+    _move(stores, ids[0], ChangeStatus.AWAITING_APPROVAL)
+    _move(stores, ids[1], ChangeStatus.AWAITING_APPROVAL, target="other-ehr")
+    _move(stores, ids[2], ChangeStatus.FAILED)
+    _move(stores, ids[3], ChangeStatus.CONFLICT, resource_type="Observation")
+    _move(stores, ids[4], ChangeStatus.EXPIRED)
+    assert _all(stores, status=ChangeStatus.AWAITING_APPROVAL) == [ids[0], ids[1]]
+    assert _all(stores, status=ChangeStatus.AWAITING_APPROVAL, target="other-ehr") == [ids[1]]
+    assert _all(stores, status=ChangeStatus.CONFLICT, resource_type="Observation") == [ids[3]]
+    assert _all(stores, status=ChangeStatus.CONFLICT, resource_type="Patient") == []
+    # Approved: it leaves the review queue. Retried: it leaves the exception queue, and comes back if it fails again.
+    _move(stores, ids[0], ChangeStatus.WRITING)
+    _move(stores, ids[2], ChangeStatus.ACCEPTED)
+    assert _all(stores, status=ChangeStatus.AWAITING_APPROVAL) == [ids[1]]
+    assert _all(stores, status=ChangeStatus.FAILED) == []
+    _move(stores, ids[2], ChangeStatus.FAILED)
+    assert _all(stores, status=ChangeStatus.FAILED) == [ids[2]]
+    assert _all(stores, status=ChangeStatus.EXPIRED) == [ids[4]]
+    assert _all(stores, status=ChangeStatus.FAILED, change_ids=(ids[3], ids[5])) == []
+
+
+def test_a_transition_that_loses_its_race_leaves_the_queue_unchanged(stores: Stores) -> None:
+    cid = new_change_id(NOW)
+    created = stores.changes.create(change_record(cid), event(cid, 1))
+    _move(stores, cid, ChangeStatus.WRITING)
+    stale = created.model_copy(update={"status": ChangeStatus.FAILED, "sequence": 3})
+    with pytest.raises(ConcurrencyError):
+        stores.changes.transition(stale, event(cid, 3, ChangeStatus.FAILED))
+    assert _all(stores, status=ChangeStatus.FAILED) == []
+
+
+def test_drift_queue_follows_the_result(stores: Stores) -> None:
+    cid = new_change_id(NOW)
+    stores.changes.create(change_record(cid), event(cid, 1))
+    _move(stores, cid, ChangeStatus.COMPLETED, result={"versionId": "x", "verified": False})
+    assert _all(stores, verified=False) == [cid]
+    assert _all(stores, verified=False, status=ChangeStatus.COMPLETED) == [cid]
+    _move(stores, cid, ChangeStatus.COMPLETED, result={"versionId": "x", "verified": True})
+    assert _all(stores, verified=False) == []
+    assert _all(stores, verified=True) == [cid]
