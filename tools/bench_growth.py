@@ -24,7 +24,17 @@ shape ``index_resource`` writes (checked against one row written by ``index_reso
 - ``ratioToSmallest``: ``medianMs`` over the smallest size's ``medianMs``;
 - ``populateS`` / ``rowsPerS``: how long writing the index rows took (setup, not part of the query figures).
 
-Run ``python -m tools.bench_growth`` (``--quick`` for smaller sizes) to start Azurite, print both tables and stop it.
+``sweep_queue_growth`` (Azure Table Storage, e.g. Azurite): the outbox sweeper and the failed-changes queue when the
+changes table holds ``size`` changes taken over the previous day (1 % failed, the rest completed) plus 20 recent
+accepted ones. Each figure is beside the read the code made before (a filter over the whole changes table):
+
+- ``sweepMs`` / ``sweepRead``: one ``OutboxSweeper.sweep`` (its key range from the cursor) and the records it read;
+- ``fullScanMs``: ``Status eq 'accepted'`` over every record row, which the sweeper ran twice per run before;
+- ``queueMs`` / ``queueScanMs``: the first page (50) of ``query(status=failed)`` through the queue index, and the
+  same filter as a table scan;
+- ``populateS``: how long writing the added records took (setup).
+
+Run ``python -m tools.bench_growth`` (``--quick`` for smaller sizes) to start Azurite, print the tables and stop it.
 """
 
 from __future__ import annotations
@@ -43,19 +53,42 @@ from typing import Any
 
 from azure.data.tables import TableClient, TableServiceClient
 
-from shared.adapters.table_change_store import TableChangeStore, newest_first_key, resource_partition
+from shared.adapters.table_change_store import (
+    TableChangeStore,
+    newest_first_key,
+    record_entity,
+    resource_partition,
+)
 from shared.adapters.table_codec import pack_json
 from shared.adapters.table_maintenance import MAX_BATCH
+from shared.adapters.table_sweep_state import TableSweepState
+from shared.change_ids import new_change_id
+from shared.fakes.messages import FakeMessagePublisher
+from shared.fakes.stores import FakeIdempotencyStore, FakePayloadStore
 from shared.fhir_validation import validate_resource, validation_issues
-from shared.models import ResourceChange
+from shared.intake import IntakeService
+from shared.journal import ChangeJournal
+from shared.maintenance import OutboxSweeper
+from shared.models import (
+    ChangeRecord,
+    ChangeStatus,
+    LineageEvent,
+    Operation,
+    PayloadRef,
+    Principal,
+    ResourceChange,
+)
+from shared.targets import TargetRegistry
 
 __all__ = [
     "API_DEFAULT_PAGE_SIZE",
     "LINEAGE_SIZES",
+    "SWEEP_SIZES",
     "VALIDATION_SIZES",
     "lineage_query_growth",
     "main",
     "patient_bundle",
+    "sweep_queue_growth",
     "validation_growth",
 ]
 
@@ -63,6 +96,8 @@ VALIDATION_SIZES: tuple[int, ...] = (1, 10, 100, 500)
 LINEAGE_SIZES: tuple[int, ...] = (10, 100, 1000, 10000)
 QUICK_VALIDATION_SIZES: tuple[int, ...] = (1, 10, 100)
 QUICK_LINEAGE_SIZES: tuple[int, ...] = (10, 100, 1000)
+SWEEP_SIZES: tuple[int, ...] = (1000, 10000)
+QUICK_SWEEP_SIZES: tuple[int, ...] = (100, 1000)
 
 # shared/changes_api.py `_page_size`: GET /api/v1/lineage/{target}/{type}/{id} without ?pageSize reads 50.
 API_DEFAULT_PAGE_SIZE = 50
@@ -265,11 +300,135 @@ def lineage_query_growth(
                 }
             )
     finally:
-        for name in (f"{prefix}changes", f"{prefix}resources"):
+        for name in (f"{prefix}changes", f"{prefix}resources", f"{prefix}queues"):
             service.delete_table(name)
     base = rows[0]["medianMs"] if rows else None
     for row in rows:
         row["ratioToSmallest"] = round(row["medianMs"] / base, 2) if base else None
+    return rows
+
+
+# --- the outbox sweeper and the exception queue ------------------------------------------------------------------
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_RECENT_ACCEPTED = 20
+
+
+def _record(change_id: str, status: ChangeStatus, at: datetime) -> ChangeRecord:
+    return ChangeRecord(
+        change_id=change_id,
+        status=status,
+        target=_TARGET,
+        operation=Operation.PATCH,
+        resource_type=_RESOURCE_TYPE,
+        resource_id="p1",
+        requested_by=Principal(app_id="crm", user_id="u1", roles=["Writeback.Submit"]),
+        submitted_at=at,
+        updated_at=at,
+        request_hash="a" * 64,
+        payload=PayloadRef(kind="inline", sha256="b" * 64, size=2, inline="{}"),
+        enqueued=True,
+    )
+
+
+def _first_event(record: ChangeRecord) -> LineageEvent:
+    return LineageEvent(
+        change_id=record.change_id,
+        sequence=1,
+        event=record.status.value,
+        status=record.status,
+        at=record.updated_at,
+        actor="gateway",
+    )
+
+
+def sweep_queue_growth(connection_string: str, sizes: Sequence[int] = SWEEP_SIZES) -> list[dict[str, Any]]:
+    """The sweeper's read and the failed queue's first page as the changes table grows (see the module docstring).
+
+    Uses tables with a fresh random prefix and deletes them before returning.
+    """
+    service = TableServiceClient.from_connection_string(connection_string)
+    prefix = "bsweep" + uuid.uuid4().hex[:8]
+    store, state = TableChangeStore(service, prefix=prefix), TableSweepState(service, prefix=prefix)
+    store.ensure_tables()
+    state.ensure_tables()
+    changes = service.get_table_client(f"{prefix}changes")
+    now = datetime.now(UTC)
+    intake = IntakeService(
+        idempotency=FakeIdempotencyStore(),
+        journal=ChangeJournal(store),
+        payloads=FakePayloadStore(),
+        publisher=FakeMessagePublisher(),
+        targets=TargetRegistry.from_file(_REPO_ROOT / "config" / "targets.yaml", {}),
+        max_body_bytes=1_048_576,
+        retention=timedelta(hours=72),
+        sweep_state=state,
+        sweep_grace=timedelta(minutes=15),
+    )
+    sweeper = OutboxSweeper(
+        intake,
+        state,
+        publish_after=timedelta(seconds=60),
+        stuck_after=timedelta(minutes=30),
+        grace=timedelta(minutes=15),
+    )
+    for i in range(_RECENT_ACCEPTED):
+        at = now - timedelta(minutes=10) + timedelta(seconds=i)
+        record = _record(new_change_id(at), ChangeStatus.ACCEPTED, at)
+        store.create(record, _first_event(record))
+    rows: list[dict[str, Any]] = []
+    held = 0
+    try:
+        for size in sorted(sizes):
+            started = time.perf_counter()
+            day_ago = now - timedelta(days=1)
+            added = [
+                _record(new_change_id(t), ChangeStatus.FAILED if i % 100 == 0 else ChangeStatus.COMPLETED, t)
+                for i in range(held, size)
+                for t in [day_ago + timedelta(seconds=i * 86_000 / max(sizes))]
+            ]
+            with ThreadPoolExecutor(max_workers=_POPULATE_WORKERS) as pool:
+                for _ in pool.map(
+                    lambda r: (
+                        store.create(r, _first_event(r))
+                        if r.status is ChangeStatus.FAILED
+                        else changes.upsert_entity(record_entity(r))
+                    ),
+                    added,
+                ):
+                    pass
+            held = size
+            populate_s = time.perf_counter() - started
+            result = sweeper.sweep(now)  # warm-up; sets the cursor
+            repeats = 7 if size <= 1000 else 3
+
+            def full_scan() -> int:
+                return len(list(changes.query_entities("RowKey eq 'record' and Status eq 'accepted'")))
+
+            def queue_scan() -> int:
+                query = "RowKey eq 'record' and Status eq 'failed'"
+                return len(list(next(changes.query_entities(query, results_per_page=API_DEFAULT_PAGE_SIZE).by_page())))
+
+            rows.append(
+                {
+                    "size": size,
+                    "sweepMs": round(_median_ms(partial(sweeper.sweep, now), repeats), 2),
+                    "sweepRead": result.read,
+                    "fullScanMs": round(_median_ms(full_scan, repeats), 2),
+                    "queueMs": round(
+                        _median_ms(
+                            lambda: store.query(status=ChangeStatus.FAILED, page_size=API_DEFAULT_PAGE_SIZE), repeats
+                        ),
+                        2,
+                    ),
+                    "queueScanMs": round(_median_ms(queue_scan, repeats), 2),
+                    "repeats": repeats,
+                    "populateS": round(populate_s, 2),
+                }
+            )
+    finally:
+        for name in ("changes", "resources", "queues", "sweep"):
+            service.delete_table(f"{prefix}{name}")
     return rows
 
 
@@ -301,6 +460,19 @@ def _print_lineage(rows: Sequence[dict[str, Any]]) -> None:
         )
 
 
+def _print_sweep_queue(rows: Sequence[dict[str, Any]]) -> None:
+    print(f"outbox sweeper and failed queue, changes table holding n changes (+{_RECENT_ACCEPTED} recent accepted)")
+    print(
+        f"{'changes':>8} {'sweep ms':>9} {'read':>5} {'full scan ms':>13} {'queue ms':>9} {'queue scan ms':>14} "
+        f"{'populate s':>11}"
+    )
+    for r in rows:
+        print(
+            f"{r['size']:>8} {r['sweepMs']:>9.2f} {r['sweepRead']:>5} {r['fullScanMs']:>13.2f} {r['queueMs']:>9.2f} "
+            f"{r['queueScanMs']:>14.2f} {r['populateS']:>11.2f}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few seconds)")
@@ -314,9 +486,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         azurite = start_azurite(log_dir=Path(logs))
         try:
             rows = lineage_query_growth(azurite.connection_string, QUICK_LINEAGE_SIZES if args.quick else LINEAGE_SIZES)
+            sweep_rows = sweep_queue_growth(azurite.connection_string, QUICK_SWEEP_SIZES if args.quick else SWEEP_SIZES)
         finally:
             azurite.stop()
     _print_lineage(rows)
+    print()
+    _print_sweep_queue(sweep_rows)
     print(f"\ntotal {time.perf_counter() - started:.1f} s")
 
 

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from shared.fhir_validation import validation_issues
-from tools.bench_growth import API_DEFAULT_PAGE_SIZE, lineage_query_growth, patient_bundle, validation_growth
+from tools.bench_growth import (
+    API_DEFAULT_PAGE_SIZE,
+    lineage_query_growth,
+    patient_bundle,
+    sweep_queue_growth,
+    validation_growth,
+)
 
 if TYPE_CHECKING:
     from tools.services.azurite import Azurite
@@ -46,3 +52,12 @@ def test_lineage_query_growth_reads_every_change(azurite: Azurite) -> None:
     assert rows[0]["pages"] == 1
     assert rows[1]["pages"] == 3  # 50 + 50 + 20: crosses two page boundaries
     assert rows[0]["ratioToSmallest"] == 1.0
+
+
+def test_sweep_queue_growth_reads_only_the_recent_changes(azurite: Azurite) -> None:
+    rows = sweep_queue_growth(azurite.connection_string, sizes=(50, 200))
+    json.dumps(rows)
+    assert [r["size"] for r in rows] == [50, 200]
+    for row in rows:
+        assert row["sweepRead"] == 20  # the recent accepted changes, however many older ones the table holds
+        assert row["sweepMs"] > 0 and row["fullScanMs"] > 0 and row["queueMs"] > 0 and row["queueScanMs"] > 0
