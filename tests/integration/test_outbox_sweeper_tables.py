@@ -3,10 +3,8 @@ partition together, for an unpublished change, a dead-lettered one and an operat
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -21,22 +19,12 @@ from shared.fakes.stores import FakePayloadStore
 from shared.intake import IntakeService
 from shared.journal import ChangeJournal, Step
 from shared.maintenance import OutboxSweeper
-from shared.models import ChangeStatus, Principal
+from shared.models import ChangeStatus
 from shared.operations import OperationsService
 from shared.targets import TargetRegistry
+from tests.unit.test_intake import BODY, CRM, REPO
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-CRM = Principal(app_id="crm", user_id="u1", roles=["Writeback.Submit"])
-BODY = json.dumps(
-    {
-        "target": "local-ehr",
-        "operation": "patch",
-        "resourceRef": "Patient/p1",
-        "patch": [{"op": "replace", "path": "/telecom/0/value", "value": "555"}],
-    }
-).encode()
 
 
 def test_the_sweeper_on_table_storage(azurite) -> None:  # type: ignore[no-untyped-def]
