@@ -110,6 +110,17 @@ def change_body(pid: str, phone: str) -> bytes:
     return json.dumps(body).encode()
 
 
+def submit_change(client: httpx.Client, api: str, headers: dict[str, str], pid: str, phone: str) -> str:
+    """POST one governed update with a fresh Idempotency-Key; its change id (the run fails on anything but 202)."""
+    r = client.post(
+        f"{api}/changes",
+        content=change_body(pid, phone),
+        headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert r.status_code == 202, r.text
+    return str(r.json()["changeId"])
+
+
 def run_concurrently(items: list[Any], concurrency: int, make_client: Callable[[], httpx.Client], fn: Any) -> float:
     """Run ``fn(client, item)`` over items with ``concurrency`` threads (one keep-alive client each); wall seconds."""
     local = threading.local()
@@ -258,14 +269,9 @@ def governed_changes(gw: Any, state: Path, ids: list[str], concurrency: int, tim
     submitted = threading.Event()
 
     def submit(client: httpx.Client, pid: str) -> None:
-        r = client.post(
-            f"{gw.api}/changes",
-            content=change_body(pid, "555-2222"),
-            headers={**submit_headers, "Idempotency-Key": str(uuid.uuid4())},
-        )
-        assert r.status_code == 202, r.text
+        change_id = submit_change(client, gw.api, submit_headers, pid, "555-2222")
         with lock:
-            pending.add(r.json()["changeId"])
+            pending.add(change_id)
 
     finished_at: dict[str, float] = {}
 
@@ -343,12 +349,7 @@ def memory_run(stack: dict[str, Any], n: int, concurrency: int, checkpoints: int
     step = max(1, n // checkpoints)
 
     def submit(client: httpx.Client, pid: str) -> None:
-        r = client.post(
-            f"{gw.api}/changes",
-            content=change_body(pid, "555-4444"),
-            headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
-        )
-        assert r.status_code == 202, r.text
+        submit_change(client, gw.api, headers, pid, "555-4444")
 
     for first in range(0, n, step):
         chunk = ids[first : first + step]
