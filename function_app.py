@@ -15,7 +15,7 @@ from orchestrators import (
     review_page,
     writeback_orchestrator,
 )
-from shared.telemetry import configure_telemetry
+from shared.core.telemetry import configure_telemetry
 
 configure_telemetry()
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)

@@ -1,4 +1,4 @@
-"""Activity `prepare_change`: read, plan and decide (see shared.pipeline)."""
+"""Activity `prepare_change`: read, plan and decide (see shared.app.pipeline)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import azure.durable_functions as df
 
 from shared import bootstrap
-from shared.telemetry import change_span
+from shared.core.telemetry import change_span
 
 bp = df.Blueprint()
 

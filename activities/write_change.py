@@ -1,4 +1,4 @@
-"""Activity `write_change`: the version-checked write, Provenance and read-back check (see shared.pipeline)."""
+"""Activity `write_change`: the version-checked write, Provenance and read-back check (see shared.app.pipeline)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import azure.durable_functions as df
 
 from shared import bootstrap
-from shared.telemetry import change_span
+from shared.core.telemetry import change_span
 
 bp = df.Blueprint()
 

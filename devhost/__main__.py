@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every HTTP request at INFO
 
     if args.local_services:
-        from tools.services.endpoints import gateway_environment, read_endpoints
+        from devhost.endpoints import gateway_environment, read_endpoints
 
         os.environ.update(gateway_environment(read_endpoints(args.local_services)))
     stop = threading.Event()

@@ -14,9 +14,9 @@ import azure.functions as func
 
 from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
 from shared import bootstrap
+from shared.app.dispatch import should_start
 from shared.config import get_settings
-from shared.dispatch import should_start
-from shared.telemetry import change_span, current_traceparent
+from shared.core.telemetry import change_span, current_traceparent
 
 bp = df.Blueprint()
 log = logging.getLogger("writeback.dispatcher")

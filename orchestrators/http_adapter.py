@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 
-from shared.api_responses import ApiResponse
+from shared.api.responses import ApiResponse
 
 
 def headers_of(req: func.HttpRequest) -> dict[str, str]:

@@ -9,7 +9,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from shared import bootstrap
-from shared.maintenance import purge_idempotency_keys
+from shared.app.maintenance import purge_idempotency_keys
 
 bp = df.Blueprint()
 log = logging.getLogger("writeback.maintenance")

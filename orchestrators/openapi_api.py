@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import azure.durable_functions as df
 import azure.functions as func
 
-from shared.openapi import openapi_document
+from shared.api.openapi import openapi_document
 
 bp = df.Blueprint()
 

@@ -6,6 +6,7 @@ Triggers and activities ask here for a port; tests build fakes or adapters direc
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -23,20 +24,20 @@ from shared.adapters.storage_transport import EnvironmentOnceTransport
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
 from shared.adapters.table_sweep_state import TableSweepState
-from shared.approval_notices import ApprovalNotices
-from shared.approvals import ApprovalLinks, ApprovalService
-from shared.caller_identity import Authenticator, JwtValidator
-from shared.changes_api import ChangesApi
+from shared.api.caller_identity import Authenticator, JwtValidator
+from shared.api.changes_api import ChangesApi
+from shared.app.approval_notices import ApprovalNotices
+from shared.app.approvals import ApprovalLinks, ApprovalService
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal
+from shared.app.maintenance import OutboxSweeper
+from shared.app.operations import OperationsService
+from shared.app.pipeline import ChangePipeline
 from shared.config import Settings, get_settings
-from shared.errors import ConfigurationError
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal
-from shared.maintenance import OutboxSweeper
-from shared.operations import OperationsService
-from shared.pipeline import ChangePipeline
-from shared.policy import Policy
-from shared.ports import FhirClient, MessagePublisher
-from shared.targets import TargetConfig, TargetRegistry
+from shared.core.errors import ConfigurationError
+from shared.core.policy import Policy
+from shared.core.ports import FhirClient, MessagePublisher
+from shared.core.targets import TargetConfig, TargetRegistry
 
 _lock = threading.RLock()
 
@@ -227,7 +228,7 @@ def approvals() -> ApprovalService:
 @cache
 def approval_links() -> ApprovalLinks:
     from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
-    from shared.approval_links import ApprovalLinkSigner, parse_signing_keys
+    from shared.app.approval_links import ApprovalLinkSigner, parse_signing_keys
 
     settings = get_settings()
     if settings.approval_signing_keys is None:
@@ -240,8 +241,8 @@ def approval_links() -> ApprovalLinks:
 
 @cache
 def approval_notices() -> ApprovalNotices:
-    from shared.approval_links import ApprovalLinkSigner, parse_signing_keys
-    from shared.notifications import ApprovalNotifier
+    from shared.adapters.approval_webhook import WebhookNotifier
+    from shared.app.approval_links import ApprovalLinkSigner, parse_signing_keys
 
     settings = get_settings()
     if settings.approval_webhook_url is None or settings.approval_signing_keys is None:
@@ -251,7 +252,7 @@ def approval_notices() -> ApprovalNotices:
         raise ConfigurationError("approval notifications need WRITEBACK_PUBLIC_BASE_URL (the gateway's public URL)")
     return ApprovalNotices(
         journal(),
-        ApprovalNotifier(settings.approval_webhook_url.get_secret_value()),
+        WebhookNotifier(settings.approval_webhook_url.get_secret_value()),
         ApprovalLinkSigner(parse_signing_keys(settings.approval_signing_keys.get_secret_value())),
         base_url,
     )
@@ -276,6 +277,16 @@ def changes_api() -> ChangesApi:
         operations=operations,
         known_targets=lambda: targets().ids(),
     )
+
+
+def health_probes() -> dict[str, Callable[[], Any]]:
+    """What readiness checks: configuration, and that Table and Blob storage answer."""
+    return {
+        "targets": targets,
+        "policy": policy,
+        "tableStorage": lambda: next(iter(table_service().list_tables(results_per_page=1)), None),
+        "blobStorage": payload_store,
+    }
 
 
 def reset() -> None:

@@ -52,18 +52,18 @@ from shared.adapters.storage_transport import EnvironmentOnceTransport
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
 from shared.adapters.table_sweep_state import TableSweepState
-from shared.caller_identity import ROLE_SUBMIT
-from shared.dispatch import should_start
+from shared.api.caller_identity import ROLE_SUBMIT
+from shared.app.dispatch import should_start
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal
+from shared.app.pipeline import ChangePipeline
+from shared.core.models import Principal
+from shared.core.policy import Policy
+from shared.core.targets import TargetRegistry
 from shared.fakes.counting import CountingProxy
 from shared.fakes.fhir import FakeFhirClient
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal
-from shared.models import Principal
-from shared.pipeline import ChangePipeline
-from shared.policy import Policy
-from shared.targets import TargetRegistry
 from tools.bench_growth import lineage_query_growth, sweep_queue_growth, validation_growth
 from tools.services.azurite import start_azurite
 from tools.services.fhir_server import start_fhir_server
@@ -392,8 +392,11 @@ def latency_run(n: int, concurrency: int, request: Callable[[httpx.Client, int],
 
 
 SPLIT_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("validation", ("shared/fhir_validation.py", "/fhir/resources/")),
-    ("policy and diff", ("shared/planning.py", "shared/policy.py", "/jsonpatch", "/jsonpointer", "/fhirpathpy/")),
+    ("validation", ("shared/core/fhir_validation.py", "/fhir/resources/")),
+    (
+        "policy and diff",
+        ("shared/core/planning.py", "shared/core/policy.py", "/jsonpatch", "/jsonpointer", "/fhirpathpy/"),
+    ),
     ("the fakes (not the project's)", ("shared/fakes/",)),
     ("serialisation", ("/json/", "/pydantic/", "/pydantic_core/", "shared/table_codec.py")),
 ]
@@ -965,7 +968,7 @@ HOW = [
     "plan, policy), write (write, verify) in-process over `shared/fakes` (FakeFhirClient with "
     "return=representation), `time.process_time()` per step, median over the changes after 50 warm-up changes. "
     "**CPU kinds**: a second pass, its main thread's stack sampled every ~0.5 ms; a sample counts as validation when "
-    "any frame is in `shared/fhir_validation.py` or `fhir.resources`, else policy and diff (`planning`, `policy`, "
+    "any frame is in `shared/core/fhir_validation.py` or `fhir.resources`, else policy and diff (`planning`, `policy`, "
     "jsonpatch, fhirpathpy), else the fakes' own code, else serialisation (json, pydantic, the Table codec), else "
     "the rest; shares are scaled to the timed median. **Replay**: the real `writeback_orchestrator` run by the SDK "
     "over every episode of 20 governed changes, from the histories the run left in `durable.db` (episode k replays "

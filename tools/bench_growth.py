@@ -62,14 +62,12 @@ from shared.adapters.table_change_store import (
 from shared.adapters.table_codec import pack_json
 from shared.adapters.table_maintenance import MAX_BATCH
 from shared.adapters.table_sweep_state import TableSweepState
-from shared.change_ids import new_change_id
-from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeIdempotencyStore, FakePayloadStore
-from shared.fhir_validation import validate_resource, validation_issues
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal
-from shared.maintenance import OutboxSweeper
-from shared.models import (
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal
+from shared.app.maintenance import OutboxSweeper
+from shared.core.change_ids import new_change_id
+from shared.core.fhir_validation import validate_resource, validation_issues
+from shared.core.models import (
     ChangeRecord,
     ChangeStatus,
     LineageEvent,
@@ -78,7 +76,9 @@ from shared.models import (
     Principal,
     ResourceChange,
 )
-from shared.targets import TargetRegistry
+from shared.core.targets import TargetRegistry
+from shared.fakes.messages import FakeMessagePublisher
+from shared.fakes.stores import FakeIdempotencyStore, FakePayloadStore
 
 __all__ = [
     "API_DEFAULT_PAGE_SIZE",
@@ -99,7 +99,7 @@ QUICK_LINEAGE_SIZES: tuple[int, ...] = (10, 100, 1000)
 SWEEP_SIZES: tuple[int, ...] = (1000, 10000)
 QUICK_SWEEP_SIZES: tuple[int, ...] = (100, 1000)
 
-# shared/changes_api.py `_page_size`: GET /api/v1/lineage/{target}/{type}/{id} without ?pageSize reads 50.
+# shared/api/changes_api.py `_page_size`: GET /api/v1/lineage/{target}/{type}/{id} without ?pageSize reads 50.
 API_DEFAULT_PAGE_SIZE = 50
 
 _TARGET = "bench-ehr"

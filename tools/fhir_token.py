@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tools.services.endpoints import ENDPOINTS_FILE, read_endpoints
+from devhost.endpoints import ENDPOINTS_FILE, read_endpoints
 from tools.services.seed import bearer_token
 
 

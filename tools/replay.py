@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from shared.caller_identity import encode_easyauth_principal
+from shared.api.caller_identity import encode_easyauth_principal
 
 
 def headers_for(args: argparse.Namespace) -> dict[str, str]:

@@ -1,1 +1,1 @@
-"""Real adapters of the ports in ``shared.ports``: Azure Table/Blob Storage, Service Bus, FHIR over HTTP."""
+"""Real adapters of the ports in ``shared.core.ports``: Azure Table/Blob Storage, Service Bus, FHIR over HTTP."""

@@ -8,8 +8,8 @@ import hashlib
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
-from shared.errors import NotFoundError
-from shared.models import PayloadRef
+from shared.core.errors import NotFoundError
+from shared.core.models import PayloadRef
 
 
 def blob_name_for(change_id: str, name: str = "request") -> str:

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from shared.errors import RetryableError
-from shared.ports import FhirClient, FhirResponse
+from shared.core.errors import RetryableError
+from shared.core.ports import FhirClient, FhirResponse
 
 T = TypeVar("T")
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 from opentelemetry.trace import SpanKind
 
 from shared.adapters.identity import TokenProvider
-from shared.errors import (
+from shared.core.errors import (
     AuthError,
     ConfigurationError,
     ConflictError,
@@ -29,16 +27,16 @@ from shared.errors import (
     PermanentError,
     RetryableError,
 )
-from shared.ports import FhirResponse
-from shared.targets import AuthKind, TargetConfig
-from shared.telemetry import tracer
+from shared.core.fhir_headers import if_match_value, parse_etag, parse_retry_after
+from shared.core.fhir_ids import LOGICAL_ID_RE, RESOURCE_TYPE_RE
+from shared.core.ports import FhirResponse
+from shared.core.targets import AuthKind, TargetConfig
+from shared.core.telemetry import tracer
 
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
 USER_AGENT = "fhir-writeback-gateway"
 
-_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")
 _HISTORY_IN_LOCATION = re.compile(r"/_history/([^/?#]+)")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
@@ -73,53 +71,7 @@ def close_shared_http_client() -> None:
             _http = None
 
 
-# --- versions -----------------------------------------------------------------------------------------------
-
-
-def parse_etag(value: str | None) -> str | None:
-    """``W/"abc"`` / ``"abc"`` / ``abc`` → ``abc``; empty → None. Never converts to a number."""
-    if value is None:
-        return None
-    v = value.strip()
-    if v[:2] in ("W/", "w/"):
-        v = v[2:].strip()
-    if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
-        v = v[1:-1]
-    return v or None
-
-
-def if_match_value(version: str) -> str:
-    """The ``If-Match`` header for an opaque version id; an already-quoted ETag is normalised to ``W/"<vid>"``."""
-    vid = parse_etag(version)
-    if vid is None:
-        raise PermanentError(detail="If-Match needs a non-empty version id")
-    return f'W/"{vid}"'
-
-
 # --- the one error mapping ----------------------------------------------------------------------------------
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP-date (seconds from ``now``, at least 0)."""
-    if value is None:
-        return None
-    v = value.strip()
-    if not v:
-        return None
-    try:
-        seconds = float(v)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds else None  # NaN check
-    try:
-        when = parsedate_to_datetime(v)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def operation_outcome_of(response: httpx.Response) -> dict[str, Any] | None:
@@ -177,13 +129,13 @@ def error_for(
 
 
 def _check_type(resource_type: object) -> str:
-    if not isinstance(resource_type, str) or not _RESOURCE_TYPE.match(resource_type):
+    if not isinstance(resource_type, str) or not RESOURCE_TYPE_RE.match(resource_type):
         raise PermanentError(detail="invalid FHIR resource type")
     return resource_type
 
 
 def _check_id(value: object, what: str = "id") -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not LOGICAL_ID_RE.match(value):
         raise PermanentError(detail=f"invalid FHIR {what}")
     return value
 

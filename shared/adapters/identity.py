@@ -16,8 +16,8 @@ from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
 from shared.adapters.token_cache import ScopedTokenCache
-from shared.errors import AuthError, ConfigurationError, RetryableError
-from shared.targets import AuthKind, TargetConfig
+from shared.core.errors import AuthError, ConfigurationError, RetryableError
+from shared.core.targets import AuthKind, TargetConfig
 
 REFRESH_MARGIN_SECONDS = 300.0
 

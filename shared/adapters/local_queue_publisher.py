@@ -16,8 +16,8 @@ from urllib.parse import quote
 import httpx
 
 from shared.adapters.servicebus_publisher import build_message
-from shared.errors import ConfigurationError, PermanentError, RetryableError
-from shared.models import ChangeMessage
+from shared.core.errors import ConfigurationError, PermanentError, RetryableError
+from shared.core.models import ChangeMessage
 
 DEFAULT_TIMEOUT = 10.0
 

@@ -25,8 +25,8 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
-from shared.errors import AuthError, ConfigurationError, DownstreamError, PermanentError, RetryableError
-from shared.models import ChangeMessage
+from shared.core.errors import AuthError, ConfigurationError, DownstreamError, PermanentError, RetryableError
+from shared.core.models import ChangeMessage
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

@@ -40,8 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from shared.adapters.token_cache import ScopedTokenCache
-from shared.errors import AuthError, ConfigurationError, RetryableError
-from shared.targets import AuthKind, TargetConfig
+from shared.core.errors import AuthError, ConfigurationError, RetryableError
+from shared.core.fhir_headers import parse_retry_after
+from shared.core.targets import AuthKind, TargetConfig
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_SECONDS = 300  # SMART: exp no more than five minutes in the future
@@ -432,8 +433,6 @@ class SmartBackendTokenProvider:
         code = _oauth_error(resp)
         detail = f"{what}: {status}" + (f" {code}" if code else "")
         if status == 429 or status == 408 or status >= 500:
-            from shared.adapters.fhir_http import parse_retry_after
-
             raise RetryableError(
                 detail=detail, downstream_status=status, retry_after=parse_retry_after(resp.headers.get("Retry-After"))
             )

@@ -9,7 +9,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 
-from shared.errors import AlreadyExistsError, ConcurrencyError, NotFoundError, WritebackError
+from shared.core.errors import AlreadyExistsError, ConcurrencyError, NotFoundError, WritebackError
 
 
 def storage_error(exc: HttpResponseError, what: str) -> WritebackError | HttpResponseError:

@@ -32,7 +32,7 @@ from shared.adapters.table_codec import (
 )
 from shared.adapters.table_maintenance import MAX_BATCH, ensure_table
 from shared.adapters.table_transactions import submit_transaction
-from shared.models import ChangeRecord, ChangeStatus, LineageEvent, Page, ResourceChange
+from shared.core.models import ChangeRecord, ChangeStatus, LineageEvent, Page, ResourceChange
 
 RECORD_ROW = "record"
 EVENT_ROW_PREFIX = "event-"

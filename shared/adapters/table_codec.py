@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from shared.errors import Issue, RequestError
+from shared.core.errors import Issue, RequestError
 
 # Table keys may not hold / \ # ? or control characters; '%' is escaped too so the mapping can be reversed.
 _UNSAFE_KEY_CHARS = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")

@@ -12,7 +12,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from shared.adapters.storage_errors import storage_error
 from shared.adapters.table_codec import escape_key, pack_json, unpack_json
 from shared.adapters.table_maintenance import ensure_table, purge_expired_rows
-from shared.models import IdempotencyRecord
+from shared.core.models import IdempotencyRecord
 
 
 def _entity(record: IdempotencyRecord) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters.table_maintenance import ensure_table
-from shared.models import PendingChange
+from shared.core.models import PendingChange
 
 CURSOR_PARTITION = "cursor"
 CURSOR_ROW = "outbox"

@@ -1,1 +1,1 @@
-"""Faithful in-memory fakes of the ports in ``shared.ports``, for fast unit tests."""
+"""Faithful in-memory fakes of the ports in ``shared.core.ports``, for fast unit tests."""

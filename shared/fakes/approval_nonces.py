@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from shared.errors import AlreadyExistsError
+from shared.core.errors import AlreadyExistsError
 
 
 class FakeApprovalNonceStore:

@@ -29,9 +29,10 @@ import httpx
 import jsonpatch
 import jsonpointer
 
-from shared.adapters.fhir_http import error_for, if_match_value, parse_etag
-from shared.errors import DownstreamError
-from shared.ports import FhirResponse
+from shared.adapters.fhir_http import error_for
+from shared.core.errors import DownstreamError
+from shared.core.fhir_headers import if_match_value, parse_etag
+from shared.core.ports import FhirResponse
 
 R = TypeVar("R")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from shared.adapters.servicebus_publisher import message_id_for
-from shared.models import ChangeMessage
+from shared.core.models import ChangeMessage
 
 DEFAULT_DUPLICATE_WINDOW = timedelta(minutes=10)
 

@@ -12,8 +12,8 @@ from typing import TypeVar
 from shared.adapters.blob_payload_store import blob_name_for, inline_ref
 from shared.adapters.table_change_store import newest_first_key, record_matches
 from shared.adapters.table_codec import decode_token, encode_token
-from shared.errors import AlreadyExistsError, ConcurrencyError, NotFoundError
-from shared.models import (
+from shared.core.errors import AlreadyExistsError, ConcurrencyError, NotFoundError
+from shared.core.models import (
     ChangeRecord,
     ChangeStatus,
     IdempotencyRecord,

@@ -11,8 +11,8 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
-from shared.approval_links import ApprovalLinkSigner, ApprovalNonceStore
-from shared.errors import AlreadyExistsError
+from shared.app.approval_links import ApprovalLinkSigner, ApprovalNonceStore
+from shared.core.errors import AlreadyExistsError
 from shared.fakes.approval_nonces import FakeApprovalNonceStore
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -15,10 +15,10 @@ import pytest
 
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import reset_token_providers, token_provider_for
-from shared.errors import ConflictError, NotFoundError
+from shared.core.errors import ConflictError, NotFoundError
+from shared.core.ports import FhirClient
+from shared.core.targets import TargetConfig
 from shared.fakes.fhir import FakeFhirClient
-from shared.ports import FhirClient
-from shared.targets import TargetConfig
 
 SCOPE = "api://local-ehr/.default"
 MRN = "urn:example:mrn"

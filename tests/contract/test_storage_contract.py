@@ -15,10 +15,9 @@ from azure.storage.blob import BlobServiceClient
 from shared.adapters.blob_payload_store import BlobPayloadStore
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
-from shared.change_ids import change_id_floor, new_change_id
-from shared.errors import AlreadyExistsError, ConcurrencyError, RequestError
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
-from shared.models import (
+from shared.core.change_ids import change_id_floor, new_change_id
+from shared.core.errors import AlreadyExistsError, ConcurrencyError, RequestError
+from shared.core.models import (
     ChangeRecord,
     ChangeStatus,
     IdempotencyRecord,
@@ -29,7 +28,8 @@ from shared.models import (
     Principal,
     ResourceChange,
 )
-from shared.ports import ChangeStore, IdempotencyStore, PayloadStore
+from shared.core.ports import ChangeStore, IdempotencyStore, PayloadStore
+from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 INLINE_MAX = 1000

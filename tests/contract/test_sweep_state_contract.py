@@ -10,9 +10,9 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from shared.adapters.table_sweep_state import TableSweepState
-from shared.change_ids import new_change_id
+from shared.core.change_ids import new_change_id
+from shared.core.ports import SweepState
 from shared.fakes.stores import FakeSweepState
-from shared.ports import SweepState
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import httpx
 import pytest
 
-from shared.caller_identity import encode_easyauth_principal
-from tools.services.endpoints import gateway_environment
+from devhost.endpoints import gateway_environment
+from shared.api.caller_identity import encode_easyauth_principal
 from tools.services.process import REPO_ROOT, free_port
 
 SUBMIT = ["Writeback.Submit"]

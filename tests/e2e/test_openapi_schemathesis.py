@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from shared.openapi import openapi_document
+from shared.api.openapi import openapi_document
 from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e

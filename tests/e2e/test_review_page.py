@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.approvals import SelfApprovalError
-from shared.caller_identity import encode_easyauth_principal
+from shared.api.caller_identity import encode_easyauth_principal
+from shared.app.approvals import SelfApprovalError
 from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e

@@ -16,12 +16,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from devhost.endpoints import gateway_environment
 from devhost.host import LocalRuntime
 from shared import bootstrap
 from shared.adapters.identity import reset_token_providers
-from shared.caller_identity import encode_easyauth_principal
-from shared.telemetry import CHANGE_ID_ATTRIBUTE, configure_telemetry
-from tools.services.endpoints import gateway_environment
+from shared.api.caller_identity import encode_easyauth_principal
+from shared.core.telemetry import CHANGE_ID_ATTRIBUTE, configure_telemetry
 from tools.services.process import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.e2e

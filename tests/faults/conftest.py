@@ -30,8 +30,8 @@ import httpx
 import pytest
 import yaml
 
+from devhost.endpoints import gateway_environment
 from tests.e2e.conftest import AUDIT, TERMINAL, Gateway, stop_gateway
-from tools.services.endpoints import gateway_environment
 from tools.services.process import REPO_ROOT, free_port
 
 if TYPE_CHECKING:

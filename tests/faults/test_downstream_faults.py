@@ -39,7 +39,7 @@ TIMEOUT_SECONDS = 2
 SLOW_MS = 2500  # past the 2 s timeout
 # The issue's mix: 30 % throttled (429, Retry-After 1), 10 % unavailable (503), 5 % too slow, 3 % after the request
 # was carried out (the write happened, its answer is lost) and 2 % before it (carried out after the client gave up).
-# Each rule has a budget: a change's step is retried with exponential backoff from 2 s (shared/pipeline.py), so at
+# Each rule has a budget: a change's step is retried with exponential backoff from 2 s (shared/app/pipeline.py), so at
 # 45 % for the whole run one change's run of 5-7 failed calls (likely among some 80) would wait 1-4 minutes. With
 # the budgets the faults hit the first burst of calls, as hard as the issue asks, and the retries then get through.
 RULES = [

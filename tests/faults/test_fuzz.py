@@ -35,17 +35,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.api_responses import ApiResponse
-from shared.approvals import ApprovalService
-from shared.caller_identity import Authenticator, encode_easyauth_principal
-from shared.changes_api import ChangesApi
+from shared.api.caller_identity import Authenticator, encode_easyauth_principal
+from shared.api.changes_api import ChangesApi
+from shared.api.responses import ApiResponse
+from shared.app.approvals import ApprovalService
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal
+from shared.core.models import ChangeRequest, Principal
+from shared.core.policy import Policy
+from shared.core.targets import TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal
-from shared.models import ChangeRequest, Principal
-from shared.policy import Policy
-from shared.targets import TargetRegistry
 from tests.e2e.conftest import AUDIT, Gateway, gateway  # noqa: F401  (the session fixture, for this module)
 
 pytestmark = pytest.mark.faults

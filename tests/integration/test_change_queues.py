@@ -12,8 +12,8 @@ from azure.data.tables import TableServiceClient
 
 from shared.adapters import table_change_store
 from shared.adapters.table_change_store import TableChangeStore
-from shared.change_ids import new_change_id
-from shared.models import ChangeStatus
+from shared.core.change_ids import new_change_id
+from shared.core.models import ChangeStatus
 from tests.contract.test_storage_contract import change_record, event
 
 pytestmark = pytest.mark.integration

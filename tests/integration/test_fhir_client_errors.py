@@ -15,8 +15,8 @@ from azure.identity import ManagedIdentityCredential
 
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import AzureIdentityTokenProvider, reset_token_providers, token_provider_for
-from shared.errors import AuthError, PermanentError, RetryableError
-from shared.targets import TargetConfig
+from shared.core.errors import AuthError, PermanentError, RetryableError
+from shared.core.targets import TargetConfig
 
 pytestmark = pytest.mark.integration
 

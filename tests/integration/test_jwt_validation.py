@@ -26,9 +26,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shared.caller_identity import AUDIT_LOGGER, ROLE_APPROVE, ROLE_SUBMIT, Authenticator, JwtValidator
-from shared.errors import UnauthenticatedError
-from shared.models import Principal
+from shared.api.caller_identity import AUDIT_LOGGER, ROLE_APPROVE, ROLE_SUBMIT, Authenticator, JwtValidator
+from shared.core.errors import UnauthenticatedError
+from shared.core.models import Principal
 
 pytestmark = pytest.mark.integration
 

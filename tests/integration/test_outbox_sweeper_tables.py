@@ -12,16 +12,16 @@ from azure.data.tables import TableServiceClient
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
 from shared.adapters.table_sweep_state import TableSweepState
-from shared.change_ids import change_id_time
-from shared.errors import RetryableError
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal, Step
+from shared.app.maintenance import OutboxSweeper
+from shared.app.operations import OperationsService
+from shared.core.change_ids import change_id_time
+from shared.core.errors import RetryableError
+from shared.core.models import ChangeStatus
+from shared.core.targets import TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakePayloadStore
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal, Step
-from shared.maintenance import OutboxSweeper
-from shared.models import ChangeStatus
-from shared.operations import OperationsService
-from shared.targets import TargetRegistry
 from tests.unit.test_intake import BODY, CRM, REPO
 
 pytestmark = pytest.mark.integration

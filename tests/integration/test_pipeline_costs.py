@@ -18,17 +18,17 @@ import pytest
 
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import reset_token_providers, token_provider_for
-from shared.caller_identity import ROLE_SUBMIT
-from shared.dispatch import should_start
+from shared.api.caller_identity import ROLE_SUBMIT
+from shared.app.dispatch import should_start
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal
+from shared.app.pipeline import ChangePipeline
+from shared.core.models import ChangeStatus, Principal
+from shared.core.policy import Policy
+from shared.core.targets import TargetRegistry
 from shared.fakes.counting import CountingProxy
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal
-from shared.models import ChangeStatus, Principal
-from shared.pipeline import ChangePipeline
-from shared.policy import Policy
-from shared.targets import TargetRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -28,8 +28,8 @@ from shared.adapters.smart_backend import (
     load_key_file,
     reset_smart_providers,
 )
-from shared.errors import AuthError, RetryableError
-from shared.targets import TargetConfig
+from shared.core.errors import AuthError, RetryableError
+from shared.core.targets import TargetConfig
 from tools.services.smart_token_endpoint import SmartTokenEndpoint, start_smart_token_endpoint
 
 pytestmark = pytest.mark.integration

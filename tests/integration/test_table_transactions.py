@@ -19,7 +19,7 @@ from azure.data.tables import EdmType, TableClient, TableServiceClient, TableTra
 
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_transactions import submit_transaction
-from shared.models import ChangeStatus
+from shared.core.models import ChangeStatus
 from tests.contract.test_storage_contract import change_record, event
 
 pytestmark = pytest.mark.integration

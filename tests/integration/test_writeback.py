@@ -11,11 +11,11 @@ import pytest
 
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import reset_token_providers, token_provider_for
-from shared.errors import ConflictError
-from shared.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, Principal
-from shared.planning import plan_change
-from shared.targets import TargetConfig
-from shared.writeback import CHANGE_TAG_SYSTEM, FhirWriter
+from shared.app.writer import CHANGE_TAG_SYSTEM, FhirWriter
+from shared.core.errors import ConflictError
+from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, Principal
+from shared.core.planning import plan_change
+from shared.core.targets import TargetConfig
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)

@@ -20,9 +20,9 @@ from devhost.servicebus import LocalServiceBus
 from devhost.servicebus_trigger import queue_routes
 from shared.adapters.local_queue_publisher import LocalQueuePublisher, wire_payload
 from shared.adapters.servicebus_publisher import build_message, message_id_for
-from shared.errors import ConfigurationError, PermanentError, RetryableError
-from shared.models import ChangeMessage
-from shared.ports import MessagePublisher
+from shared.core.errors import ConfigurationError, PermanentError, RetryableError
+from shared.core.models import ChangeMessage
+from shared.core.ports import MessagePublisher
 from tools.services.process import free_port
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.approval_links import ApprovalLinkSigner, parse_signing_keys
-from shared.errors import AlreadyExistsError, ConfigurationError, RequestError, UnauthenticatedError
+from shared.app.approval_links import ApprovalLinkSigner, parse_signing_keys
+from shared.core.errors import AlreadyExistsError, ConfigurationError, RequestError, UnauthenticatedError
 from shared.fakes.approval_nonces import FakeApprovalNonceStore
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.fhir_validation import validation_issues
+from shared.core.fhir_validation import validation_issues
 from tools.bench_growth import (
     API_DEFAULT_PAGE_SIZE,
     lineage_query_growth,

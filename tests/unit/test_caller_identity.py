@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.caller_identity import (
+from shared.api.caller_identity import (
     AUDIT_LOGGER,
     OBJECT_ID_CLAIM_URI,
     ROLE_APPROVE,
@@ -24,8 +24,8 @@ from shared.caller_identity import (
     principal_from_easyauth,
     require_role,
 )
-from shared.errors import ConfigurationError, ForbiddenError, UnauthenticatedError
-from shared.models import Principal
+from shared.core.errors import ConfigurationError, ForbiddenError, UnauthenticatedError
+from shared.core.models import Principal
 
 APP = "0f3c2a1e-aaaa-4bbb-8ccc-111122223333"
 USER = "5b5450db-eb26-4c1a-981c-ba1d25f0483d"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.errors import ConflictError, NotFoundError, PermanentError, RetryableError
+from shared.core.errors import ConflictError, NotFoundError, PermanentError, RetryableError
 from shared.fakes.fhir import FakeFhirClient
 
 MRN = "urn:example:mrn"

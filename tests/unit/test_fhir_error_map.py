@@ -8,8 +8,8 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from shared.adapters.fhir_http import error_for, if_match_value, parse_etag, parse_retry_after
-from shared.errors import (
+from shared.adapters.fhir_http import error_for
+from shared.core.errors import (
     AuthError,
     ConflictError,
     DownstreamError,
@@ -17,6 +17,7 @@ from shared.errors import (
     PermanentError,
     RetryableError,
 )
+from shared.core.fhir_headers import if_match_value, parse_etag, parse_retry_after
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
 OUTCOME = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.adapters.fhir_guard import CircuitBreaker, CircuitOpenError, GuardedFhirClient, TokenBucket
-from shared.errors import PermanentError, RetryableError
+from shared.core.errors import PermanentError, RetryableError
 from shared.fakes.fhir import FakeFhirClient
 
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from shared.adapters.fhir_http import HttpFhirClient, shared_http_client
-from shared.errors import ConfigurationError, ConflictError, PermanentError, RetryableError
-from shared.targets import TargetConfig
+from shared.core.errors import ConfigurationError, ConflictError, PermanentError, RetryableError
+from shared.core.targets import TargetConfig
 
 BASE = "https://ehr.example/fhir/R4"
 

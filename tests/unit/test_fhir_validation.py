@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shared.errors import FhirValidationError, Issue
-from shared.fhir_validation import (
+from shared.core.errors import FhirValidationError, Issue
+from shared.core.fhir_validation import (
     _CODE_BINDINGS,
     MAX_ISSUES,
     R4_RESOURCE_TYPES,

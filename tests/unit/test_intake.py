@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import IdempotencyKeyInUseError, IdempotencyKeyMismatchError, RetryableError
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal
+from shared.app.maintenance import OutboxSweeper, purge_idempotency_keys
+from shared.core.errors import IdempotencyKeyInUseError, IdempotencyKeyMismatchError, RetryableError
+from shared.core.models import ChangeStatus, IdempotencyRecord, Principal
+from shared.core.targets import TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal
-from shared.maintenance import OutboxSweeper, purge_idempotency_keys
-from shared.models import ChangeStatus, IdempotencyRecord, Principal
-from shared.targets import TargetRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 CRM = Principal(app_id="crm", user_id="u1", roles=["Writeback.Submit"])

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.models import TERMINAL_STATUSES, ChangeRequest, ChangeStatus, Operation, Principal
+from shared.core.models import TERMINAL_STATUSES, ChangeRequest, ChangeStatus, Operation, Principal
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female"}
 

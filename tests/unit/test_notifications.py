@@ -17,10 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from shared.approval_links import ApprovalLinkSigner
-from shared.errors import ConfigurationError, PermanentError, RetryableError
-from shared.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
-from shared.notifications import ApprovalNotifier, build_notification
+from shared.adapters.approval_webhook import WebhookNotifier
+from shared.app.approval_links import ApprovalLinkSigner
+from shared.app.notifications import build_notification
+from shared.core.errors import ConfigurationError, PermanentError, RetryableError
+from shared.core.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 EXPIRES = NOW + timedelta(hours=72)
@@ -116,8 +117,8 @@ def webhook(webhook_server: Webhook) -> Webhook:
 
 
 @pytest.fixture
-def notifier(webhook: Webhook) -> Iterator[ApprovalNotifier]:
-    with ApprovalNotifier(webhook.url, timeout=2.0) as n:
+def notifier(webhook: Webhook) -> Iterator[WebhookNotifier]:
+    with WebhookNotifier(webhook.url, timeout=2.0) as n:
         yield n
 
 
@@ -236,7 +237,7 @@ def test_payload_needs_plan_deadline_and_links(overrides: dict[str, Any], links:
 
 
 @pytest.mark.parametrize("status", [200, 202])
-def test_notify_posts_json(webhook: Webhook, notifier: ApprovalNotifier, status: int) -> None:
+def test_notify_posts_json(webhook: Webhook, notifier: WebhookNotifier, status: int) -> None:
     webhook.answers.append(Answer(status))
     payload = build_notification(record(), kind="approval-requested", links=LINKS, status_url="s", review_url="r")
     notifier.notify(payload)
@@ -246,7 +247,7 @@ def test_notify_posts_json(webhook: Webhook, notifier: ApprovalNotifier, status:
     assert parse_qs(urlsplit(got.path).query)["sig"] == [SIG]
 
 
-def test_notification_links_work_end_to_end(webhook: Webhook, notifier: ApprovalNotifier) -> None:
+def test_notification_links_work_end_to_end(webhook: Webhook, notifier: WebhookNotifier) -> None:
     signer = ApprovalLinkSigner({"k1": bytes(range(32))}, clock=lambda: NOW)
     links = signer.callback_urls("https://gw.example.org", CHANGE, EXPIRES)
     notifier.notify(
@@ -270,7 +271,7 @@ def test_notification_links_work_end_to_end(webhook: Webhook, notifier: Approval
     ],
 )
 def test_retryable_answers(
-    webhook: Webhook, notifier: ApprovalNotifier, answer: Answer, retry_after: float | None
+    webhook: Webhook, notifier: WebhookNotifier, answer: Answer, retry_after: float | None
 ) -> None:
     webhook.answers.append(answer)
     with pytest.raises(RetryableError) as exc:
@@ -280,7 +281,7 @@ def test_retryable_answers(
     assert_no_secret(exc.value)
 
 
-def test_retry_after_as_http_date(webhook: Webhook, notifier: ApprovalNotifier) -> None:
+def test_retry_after_as_http_date(webhook: Webhook, notifier: WebhookNotifier) -> None:
     webhook.answers.append(Answer(503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}))
     with pytest.raises(RetryableError) as exc:
         notifier.notify({})
@@ -288,7 +289,7 @@ def test_retry_after_as_http_date(webhook: Webhook, notifier: ApprovalNotifier) 
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 413, 422, 302])
-def test_permanent_answers(webhook: Webhook, notifier: ApprovalNotifier, status: int) -> None:
+def test_permanent_answers(webhook: Webhook, notifier: WebhookNotifier, status: int) -> None:
     webhook.answers.append(Answer(status, {"Location": "http://127.0.0.1:1/elsewhere"}, b'{"error":"nope"}'))
     with pytest.raises(PermanentError) as exc:
         notifier.notify({})
@@ -299,7 +300,7 @@ def test_permanent_answers(webhook: Webhook, notifier: ApprovalNotifier, status:
 
 def test_connection_refused_is_retryable() -> None:
     url = f"http://127.0.0.1:{closed_port()}/invoke?sig={SIG}"
-    with ApprovalNotifier(url, timeout=2.0) as notifier, pytest.raises(RetryableError) as exc:
+    with WebhookNotifier(url, timeout=2.0) as notifier, pytest.raises(RetryableError) as exc:
         notifier.notify({})
     assert exc.value.downstream_status is None
     assert_no_secret(exc.value)
@@ -308,7 +309,7 @@ def test_connection_refused_is_retryable() -> None:
 def test_timeout_is_retryable(webhook: Webhook) -> None:
     webhook.answers.append(Answer(200, delay=1.0))
     with (
-        ApprovalNotifier(webhook.url, timeout=0.2) as notifier,
+        WebhookNotifier(webhook.url, timeout=0.2) as notifier,
         pytest.raises(RetryableError, match="timed out") as exc,
     ):
         notifier.notify({})
@@ -317,8 +318,8 @@ def test_timeout_is_retryable(webhook: Webhook) -> None:
 
 def test_a_given_client_is_used_and_not_closed(webhook: Webhook) -> None:
     with httpx.Client() as http:
-        ApprovalNotifier(webhook.url, http=http).close()
-        ApprovalNotifier(webhook.url, http=http).notify({"n": 1})
+        WebhookNotifier(webhook.url, http=http).close()
+        WebhookNotifier(webhook.url, http=http).notify({"n": 1})
         assert not http.is_closed
     assert len(webhook.received) == 1
 
@@ -344,11 +345,11 @@ def assert_no_secret(exc: BaseException) -> None:
 )
 def test_webhook_url_must_be_https(url: str) -> None:
     with pytest.raises(ConfigurationError) as exc:
-        ApprovalNotifier(url)
+        WebhookNotifier(url)
     assert SIG not in str(exc.value)
 
 
 def test_repr_hides_the_signature(webhook: Webhook) -> None:
-    notifier = ApprovalNotifier(f"https://prod-01.westeurope.logic.azure.com/workflows/x?sig={SIG}")
+    notifier = WebhookNotifier(f"https://prod-01.westeurope.logic.azure.com/workflows/x?sig={SIG}")
     assert SIG not in repr(notifier) and "logic.azure.com" in repr(notifier)
     notifier.close()

@@ -13,9 +13,9 @@ import pytest
 from openapi_spec_validator import OpenAPIV2SpecValidator, validate
 
 from orchestrators import openapi_api
+from shared.api.openapi import PLACEHOLDER_HOST, openapi_document
 from shared.config import Settings
-from shared.models import ChangeStatus
-from shared.openapi import PLACEHOLDER_HOST, openapi_document
+from shared.core.models import ChangeStatus
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
@@ -124,7 +124,7 @@ def test_schemes_by_host(host: str, schemes: list[str]) -> None:
 def test_checked_in_document_is_up_to_date() -> None:
     expected = json.dumps(openapi_document(host=PLACEHOLDER_HOST), indent=2, ensure_ascii=False) + "\n"
     assert DOCS.read_text(encoding="utf-8") == expected, (
-        "docs/openapi.json is stale: regenerate it with python -m shared.openapi > docs/openapi.json"
+        "docs/openapi.json is stale: regenerate it with python -m shared.api.openapi > docs/openapi.json"
     )
 
 

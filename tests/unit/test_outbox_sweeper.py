@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from shared.change_ids import change_id_floor, change_id_time, new_change_id
-from shared.errors import RetryableError
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal, Step
+from shared.app.maintenance import OutboxSweeper
+from shared.app.operations import OperationsService
+from shared.core.change_ids import change_id_floor, change_id_time, new_change_id
+from shared.core.errors import RetryableError
+from shared.core.models import ChangeRecord, ChangeStatus, IdempotencyRecord, Principal
+from shared.core.targets import TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal, Step
-from shared.maintenance import OutboxSweeper
-from shared.models import ChangeRecord, ChangeStatus, IdempotencyRecord, Principal
-from shared.operations import OperationsService
-from shared.targets import TargetRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 CRM = Principal(app_id="crm", user_id="u1", roles=["Writeback.Submit"])

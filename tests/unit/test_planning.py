@@ -10,9 +10,9 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from shared.errors import ConflictError, FhirValidationError, RequestError
-from shared.models import ChangeRequest, Operation
-from shared.planning import PatchApplyError, Plan, PlanConflictError, element_paths, plan_change
+from shared.core.errors import ConflictError, FhirValidationError, RequestError
+from shared.core.models import ChangeRequest, Operation
+from shared.core.planning import PatchApplyError, Plan, PlanConflictError, element_paths, plan_change
 
 TAGS = [{"system": "http://example.org/tags", "code": "synced"}]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from shared.errors import ConfigurationError
-from shared.policy import Policy, PolicyDecision
+from shared.core.errors import ConfigurationError
+from shared.core.policy import Policy, PolicyDecision
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "config" / "policy.yaml"

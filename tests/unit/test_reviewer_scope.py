@@ -6,13 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.approvals import ApprovalService
-from shared.caller_identity import Authenticator, encode_easyauth_principal
-from shared.changes_api import ChangesApi
+from shared.api.caller_identity import Authenticator, encode_easyauth_principal
+from shared.api.changes_api import ChangesApi
+from shared.app.approvals import ApprovalService
+from shared.app.journal import ChangeJournal, Step
+from shared.core.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
+from shared.core.policy import Policy
 from shared.fakes.stores import FakeChangeStore
-from shared.journal import ChangeJournal, Step
-from shared.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
-from shared.policy import Policy
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 POLICY = """

@@ -19,10 +19,10 @@ from azure.servicebus.exceptions import (
 )
 
 from shared.adapters.servicebus_publisher import ServiceBusPublisher, build_message, publish_error
-from shared.errors import AuthError, ConfigurationError, PermanentError, RetryableError
+from shared.core.errors import AuthError, ConfigurationError, PermanentError, RetryableError
+from shared.core.models import ChangeMessage
+from shared.core.ports import MessagePublisher
 from shared.fakes.messages import FakeMessagePublisher
-from shared.models import ChangeMessage
-from shared.ports import MessagePublisher
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -37,8 +37,8 @@ from shared.adapters.smart_backend import (
     public_jwk,
     reset_smart_providers,
 )
-from shared.errors import AuthError, ConfigurationError, RetryableError
-from shared.targets import TargetConfig
+from shared.core.errors import AuthError, ConfigurationError, RetryableError
+from shared.core.targets import TargetConfig
 from tools.smart_token_endpoint import Authority, RefusedError
 
 TOKEN_URL = "https://ehr.example/oauth2/token"

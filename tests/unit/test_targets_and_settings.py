@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.errors import ConfigurationError
-from shared.targets import AuthKind, TargetRegistry, env_override_name
+from shared.core.errors import ConfigurationError
+from shared.core.targets import AuthKind, TargetRegistry, env_override_name
 
 REPO = Path(__file__).resolve().parents[2]
 

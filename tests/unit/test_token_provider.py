@@ -11,8 +11,8 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
 from shared.adapters.identity import AzureIdentityTokenProvider, reset_token_providers, token_provider_for
-from shared.errors import AuthError, ConfigurationError, RetryableError
-from shared.targets import TargetConfig
+from shared.core.errors import AuthError, ConfigurationError, RetryableError
+from shared.core.targets import TargetConfig
 
 SCOPE = "api://local-ehr/.default"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.writeback import has_change_tag, verify, with_tags
+from shared.app.writer import has_change_tag, verify, with_tags
 
 
 def test_matching_read_back_has_no_drift() -> None:

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from devhost.endpoints import gateway_environment
 from devhost.host import LocalRuntime
 from tools.services.azurite import start_azurite
-from tools.services.endpoints import gateway_environment
 from tools.services.fhir_server import start_fhir_server
 from tools.services.process import REPO_ROOT
 from tools.services.seed import bearer_token, seed_patients

@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Final
 import jsonpatch
 import jsonpointer
 
-from shared.errors import ConflictError, FhirValidationError, Issue, RequestError
-from shared.fhir_validation import R4_RESOURCE_TYPES, operation_outcome, validation_issues
-from shared.models import ChangeRequest, Operation, PatchOperation
+from shared.core.errors import ConflictError, FhirValidationError, Issue, RequestError
+from shared.core.fhir_validation import R4_RESOURCE_TYPES, operation_outcome, validation_issues
+from shared.core.models import ChangeRequest, Operation, PatchOperation
 
 __all__ = ["PatchApplyError", "Plan", "PlanConflictError", "element_paths", "plan_change"]
 

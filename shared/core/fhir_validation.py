@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 from xml.parsers import expat
 
-from shared.errors import FhirValidationError, Issue
+from shared.core.errors import FhirValidationError, Issue
 
 if TYPE_CHECKING:
     from fhir_core.fhirabstractmodel import FHIRAbstractModel

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.api_responses import problem_body
-from shared.errors import (
+from shared.app.journal import ChangeJournal, Step, utcnow
+from shared.app.writer import FhirWriter, verify
+from shared.core.errors import (
     AuthError,
     ConcurrencyError,
     ConflictError,
@@ -36,15 +37,14 @@ from shared.errors import (
     RetryableError,
     WritebackError,
 )
-from shared.faults import checkpoint
-from shared.journal import ChangeJournal, Step, utcnow
-from shared.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, ResourceChange
-from shared.planning import PatchApplyError, Plan, PlanConflictError, plan_change
-from shared.policy import Policy
-from shared.ports import FhirClient, PayloadStore
-from shared.targets import TargetConfig, TargetRegistry
-from shared.telemetry import conflicts, retries, write_latency
-from shared.writeback import FhirWriter, verify
+from shared.core.faults import checkpoint
+from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, ResourceChange
+from shared.core.planning import PatchApplyError, Plan, PlanConflictError, plan_change
+from shared.core.policy import Policy
+from shared.core.ports import FhirClient, PayloadStore
+from shared.core.problems import problem_body
+from shared.core.targets import TargetConfig, TargetRegistry
+from shared.core.telemetry import conflicts, retries, write_latency
 
 StepResult = dict[str, Any]
 

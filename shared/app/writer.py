@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.adapters.fhir_http import parse_etag
-from shared.errors import ConflictError, PermanentError
-from shared.models import ChangeRecord, Operation
-from shared.planning import Plan
-from shared.ports import FhirClient, FhirResponse
-from shared.targets import TargetConfig
+from shared.core.errors import ConflictError, PermanentError
+from shared.core.fhir_headers import parse_etag
+from shared.core.models import ChangeRecord, Operation
+from shared.core.planning import Plan
+from shared.core.ports import FhirClient, FhirResponse
+from shared.core.targets import TargetConfig
 
 CHANGE_TAG_SYSTEM = "urn:writeback:change"
 SOURCE_TAG_SYSTEM = "urn:writeback:source"

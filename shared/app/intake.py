@@ -25,9 +25,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.api_responses import request_error_from
-from shared.change_ids import change_id_time, new_change_id
-from shared.errors import (
+from shared.app.journal import ChangeJournal, Step, utcnow
+from shared.core.change_ids import change_id_time, new_change_id
+from shared.core.errors import (
     AlreadyExistsError,
     ConcurrencyError,
     IdempotencyKeyInUseError,
@@ -37,10 +37,9 @@ from shared.errors import (
     RequestError,
     WritebackError,
 )
-from shared.faults import checkpoint
-from shared.fhir_validation import validate_resource
-from shared.journal import ChangeJournal, Step, utcnow
-from shared.models import (
+from shared.core.faults import checkpoint
+from shared.core.fhir_validation import validate_resource
+from shared.core.models import (
     ChangeMessage,
     ChangeRecord,
     ChangeRequest,
@@ -50,8 +49,9 @@ from shared.models import (
     Principal,
     ResourceChange,
 )
-from shared.ports import IdempotencyStore, MessagePublisher, PayloadStore, SweepState
-from shared.targets import TargetRegistry
+from shared.core.ports import IdempotencyStore, MessagePublisher, PayloadStore, SweepState
+from shared.core.problems import request_error_from
+from shared.core.targets import TargetRegistry
 
 log = logging.getLogger("writeback.intake")
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.errors import ConcurrencyError, StateConflictError, WritebackError
-from shared.journal import ChangeJournal, Step, utcnow
-from shared.models import ChangeMessage, ChangeRecord, ChangeStatus
-from shared.ports import MessagePublisher, SweepState
+from shared.app.journal import ChangeJournal, Step, utcnow
+from shared.core.errors import ConcurrencyError, StateConflictError, WritebackError
+from shared.core.models import ChangeMessage, ChangeRecord, ChangeStatus
+from shared.core.ports import MessagePublisher, SweepState
 
 RETRYABLE = frozenset({ChangeStatus.FAILED, ChangeStatus.CONFLICT, ChangeStatus.EXPIRED})
 MAX_REPLAY = 1000

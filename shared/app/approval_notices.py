@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.approval_links import ApprovalLinkSigner
-from shared.journal import ChangeJournal, Step
-from shared.models import ChangeStatus
-from shared.notifications import ApprovalNotifier, build_notification
-from shared.status_view import change_links
+from shared.app.approval_links import ApprovalLinkSigner
+from shared.app.journal import ChangeJournal, Step
+from shared.app.notifications import build_notification
+from shared.core.links import change_links
+from shared.core.models import ChangeStatus
+from shared.core.ports import ApprovalNotifier
 
 
 class ApprovalNotices:

@@ -1,35 +1,20 @@
-"""HTTP answers as plain data (status, JSON body, headers), and errors as RFC 9457 problem+json.
+"""Errors as RFC 9457 problem details: the body every refusal, failure and stored error takes.
 
-The HTTP triggers turn an ``ApiResponse`` into the host's response type; nothing here knows Azure Functions.
+``problem_body`` is the one place an error becomes a problem document (the HTTP face wraps it in a response; the
+pipeline stores it on a change record); ``request_error_from`` turns pydantic's validation errors into a
+``RequestError`` whose issues name each offending field as a JSON pointer into the request body.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from shared.errors import FhirValidationError, Issue, RequestError, WritebackError
+from shared.core.errors import FhirValidationError, Issue, RequestError, WritebackError
 
-PROBLEM_JSON = "application/problem+json"
-JSON = "application/json"
 PROBLEM_TYPE_BASE = "urn:writeback:problem:"
-
-
-@dataclass
-class ApiResponse:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = JSON
-
-    def body_bytes(self) -> bytes:
-        if self.body is None:
-            return b""
-        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def problem_body(error: WritebackError, *, instance: str | None = None) -> dict[str, Any]:
@@ -47,13 +32,6 @@ def problem_body(error: WritebackError, *, instance: str | None = None) -> dict[
     if isinstance(error, FhirValidationError) and outcome:
         body["operationOutcome"] = outcome
     return body
-
-
-def problem(
-    error: WritebackError, *, instance: str | None = None, headers: dict[str, str] | None = None
-) -> ApiResponse:
-    status = error.status if 400 <= error.status <= 599 else 500
-    return ApiResponse(status, problem_body(error, instance=instance), dict(headers or {}), PROBLEM_JSON)
 
 
 def pointer(loc: tuple[int | str, ...]) -> str:

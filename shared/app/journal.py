@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.errors import ConcurrencyError, NotFoundError
-from shared.models import ChangeRecord, ChangeStatus, LineageEvent
-from shared.ports import ChangeStore
-from shared.telemetry import approvals_pending, changes_ended
+from shared.core.errors import ConcurrencyError, NotFoundError
+from shared.core.models import ChangeRecord, ChangeStatus, LineageEvent
+from shared.core.ports import ChangeStore
+from shared.core.telemetry import approvals_pending, changes_ended
 
 GATEWAY_ACTOR = "gateway"
 CACHE_SIZE = 4096

@@ -14,17 +14,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.api_responses import ApiResponse, problem, request_error_from
-from shared.approvals import ApprovalLinks, ApprovalService, Approver
-from shared.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT, require_role
-from shared.errors import Issue, NotFoundError, PayloadTooLargeError, RequestError, WritebackError
-from shared.intake import IntakeService
-from shared.journal import ChangeJournal
-from shared.models import RESOURCE_REF, ChangeRecord, ChangeStatus, Principal
-from shared.operations import OperationsService, ReplayFilter
-from shared.policy import Policy
-from shared.status_view import RETRY_AFTER_SECONDS, accepted_body, lineage_body, status_body
-from shared.telemetry import CHANGE_ID_ATTRIBUTE, change_span, changes_accepted, current_traceparent
+from shared.api.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT, require_role
+from shared.api.responses import ApiResponse, problem
+from shared.api.status_view import RETRY_AFTER_SECONDS, accepted_body, lineage_body, status_body
+from shared.app.approvals import ApprovalLinks, ApprovalService, Approver
+from shared.app.intake import IntakeService
+from shared.app.journal import ChangeJournal
+from shared.app.operations import OperationsService, ReplayFilter
+from shared.core.errors import Issue, NotFoundError, PayloadTooLargeError, RequestError, WritebackError
+from shared.core.models import RESOURCE_REF, ChangeRecord, ChangeStatus, Principal
+from shared.core.policy import Policy
+from shared.core.problems import request_error_from
+from shared.core.telemetry import CHANGE_ID_ATTRIBUTE, change_span, changes_accepted, current_traceparent
 
 log = logging.getLogger("writeback.api")
 

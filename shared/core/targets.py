@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.errors import ConfigurationError
+from shared.core.errors import ConfigurationError
 
 Interaction = Literal["read", "vread", "search", "create", "update", "patch", "transaction"]
 ALL_INTERACTIONS: tuple[Interaction, ...] = ("read", "vread", "search", "create", "update", "patch", "transaction")

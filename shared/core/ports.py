@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from shared.models import (
+from shared.core.models import (
     ChangeMessage,
     ChangeRecord,
     ChangeStatus,
@@ -182,3 +182,9 @@ class FhirClient(Protocol):
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
         """A transaction-response Bundle."""
         ...
+
+
+class ApprovalNotifier(Protocol):
+    """Tells approvers a change waits for them (the approval webhook). Raises RetryableError / PermanentError."""
+
+    def notify(self, payload: Mapping[str, Any]) -> None: ...

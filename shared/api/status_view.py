@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.models import ChangeRecord, LineageEvent
+from shared.core.links import change_links
+from shared.core.models import ChangeRecord, LineageEvent
 
-API_PREFIX = "/api/v1"
 RETRY_AFTER_SECONDS = 2
-
-
-def change_links(base_url: str, change_id: str) -> dict[str, str]:
-    root = f"{base_url.rstrip('/')}{API_PREFIX}/changes/{change_id}"
-    return {"self": root, "approval": f"{root}/approval", "lineage": f"{root}/lineage"}
 
 
 def status_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.change_ids import change_id_floor, change_id_time
-from shared.errors import ConcurrencyError, WritebackError
-from shared.intake import IntakeService
-from shared.journal import Step, utcnow
-from shared.models import ChangeMessage, ChangeRecord, ChangeStatus
-from shared.ports import IdempotencyStore, SweepState
+from shared.app.intake import IntakeService
+from shared.app.journal import Step, utcnow
+from shared.core.change_ids import change_id_floor, change_id_time
+from shared.core.errors import ConcurrencyError, WritebackError
+from shared.core.models import ChangeMessage, ChangeRecord, ChangeStatus
+from shared.core.ports import IdempotencyStore, SweepState
 
 
 def purge_idempotency_keys(store: IdempotencyStore, now: datetime | None = None) -> int:

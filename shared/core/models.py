@@ -14,9 +14,11 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from shared.core.fhir_ids import RESOURCE_REF_RE, VERSION_ID_RE
+
 T = TypeVar("T")
 
-RESOURCE_REF = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>(?!\.+$)[A-Za-z0-9\-.]{1,64})$")
+RESOURCE_REF = RESOURCE_REF_RE
 
 
 class WireModel(BaseModel):
@@ -137,7 +139,7 @@ class ChangeRequest(WireModel):
         if isinstance(v, str):
             m = re.fullmatch(r'\s*(?:W/)?"?([^"]*)"?\s*', v)
             inner = m.group(1) if m else v
-            if not inner or len(inner) > 64 or not re.fullmatch(r"[A-Za-z0-9\-.]+", inner):
+            if not VERSION_ID_RE.match(inner):
                 raise ValueError("must be a FHIR version id (letters, digits, '-' and '.', at most 64)")
             return inner
         raise ValueError("must be a version id string or integer")

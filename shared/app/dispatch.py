@@ -6,9 +6,9 @@ import logging
 
 from pydantic import ValidationError
 
-from shared.errors import NotFoundError, PermanentError
-from shared.journal import ChangeJournal
-from shared.models import ChangeMessage, ChangeStatus
+from shared.app.journal import ChangeJournal
+from shared.core.errors import NotFoundError, PermanentError
+from shared.core.models import ChangeMessage, ChangeStatus
 
 log = logging.getLogger("writeback.dispatcher")
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from shared.errors import ForbiddenError, StateConflictError
-from shared.journal import ChangeJournal, Step, utcnow
-from shared.models import ChangeRecord, ChangeStatus, Principal
+from shared.app.journal import ChangeJournal, Step, utcnow
+from shared.core.errors import ForbiddenError, StateConflictError
+from shared.core.models import ChangeRecord, ChangeStatus, Principal
 
 Decision = Literal["approve", "reject"]
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT
-from shared.changes_api import MAX_PAGE_SIZE
+from shared.api.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT
+from shared.api.changes_api import MAX_PAGE_SIZE
+from shared.api.status_view import RETRY_AFTER_SECONDS
+from shared.app.intake import IDEMPOTENCY_KEY
 from shared.config import Settings
-from shared.intake import IDEMPOTENCY_KEY
-from shared.models import TERMINAL_STATUSES, ChangeStatus, Operation
-from shared.status_view import RETRY_AFTER_SECONDS
+from shared.core.fhir_ids import RESOURCE_TYPE, VERSION_ID
+from shared.core.models import TERMINAL_STATUSES, ChangeStatus, Operation
 
 API_VERSION = "1.0.0"
 PLACEHOLDER_HOST = "<your-function-app>.azurewebsites.net"
@@ -149,7 +150,7 @@ def _definitions() -> dict[str, Schema]:
                 },
                 "resourceRef": {
                     "type": "string",
-                    "pattern": r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$",
+                    "pattern": rf"^{RESOURCE_TYPE}/{VERSION_ID}$",
                     "x-ms-summary": "Resource reference",
                     "description": "ResourceType/id of the resource to patch.",
                 },

@@ -55,9 +55,9 @@ from typing import Annotated, Any, Final, Literal, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from shared.errors import ConfigurationError, Issue
-from shared.fhir_validation import R4_RESOURCE_TYPES
-from shared.models import WireModel
+from shared.core.errors import ConfigurationError, Issue
+from shared.core.fhir_validation import R4_RESOURCE_TYPES
+from shared.core.models import WireModel
 
 __all__ = ["OPERATIONS", "Decision", "Policy", "PolicyDecision", "PolicyReason", "ReasonCode"]
 
@@ -82,7 +82,7 @@ MAX_REPORTED_PROBLEMS: Final = 20
 _PATH_CACHE_MAX: Final = 4096
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-_TARGET_ID = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"  # as in shared.targets
+_TARGET_ID = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"  # as in shared.core.targets
 _RULE_KEY = re.compile(r"^(?P<type>[A-Z][A-Za-z0-9]*)\.(?P<element>[a-z][A-Za-z0-9]*)(?P<choice>\[x\])?$")
 _CHANGED_PATH = re.compile(r"(?P<type>[A-Z][A-Za-z0-9]*)\.(?P<element>[a-z][A-Za-z0-9]*)(?P<choice>\[x\])?(?=$|[.\[])")
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared import bootstrap
-from shared.errors import WritebackError
+from shared.core.errors import WritebackError
 
 
 def _probe(check: Callable[[], Any]) -> dict[str, str]:
@@ -19,12 +18,8 @@ def _probe(check: Callable[[], Any]) -> dict[str, str]:
     return {"state": "ok"}
 
 
-def check_health() -> tuple[bool, dict[str, Any]]:
-    dependencies = {
-        "targets": _probe(bootstrap.targets),
-        "policy": _probe(bootstrap.policy),
-        "tableStorage": _probe(lambda: next(iter(bootstrap.table_service().list_tables(results_per_page=1)), None)),
-        "blobStorage": _probe(bootstrap.payload_store),
-    }
+def check_health(probes: Mapping[str, Callable[[], Any]]) -> tuple[bool, dict[str, Any]]:
+    """Run each named probe (a callable that raises when its dependency is not ready)."""
+    dependencies = {name: _probe(check) for name, check in probes.items()}
     ready = all(d["state"] == "ok" for d in dependencies.values())
     return ready, {"status": "ok" if ready else "degraded", "dependencies": dependencies}

@@ -1,4 +1,7 @@
-"""``.local/endpoints.json``: where the local services listen, and the settings the gateway needs to use them."""
+"""``.local/endpoints.json``: where the local services listen, and the settings the gateway needs to use them.
+
+``make services`` (``tools/services``) writes the file; the local runtime reads it to point the app at them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shared.targets import env_override_name
-from tools.services.process import REPO_ROOT
+from shared.core.targets import env_override_name
 
-ENDPOINTS_FILE = REPO_ROOT / ".local" / "endpoints.json"
+ENDPOINTS_FILE = Path(__file__).resolve().parents[1] / ".local" / "endpoints.json"
 
 
 def gateway_environment(endpoints: dict[str, Any]) -> dict[str, str]:

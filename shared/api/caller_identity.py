@@ -43,8 +43,8 @@ import httpx
 import jwt
 from jwt import PyJWK
 
-from shared.errors import ConfigurationError, ForbiddenError, UnauthenticatedError
-from shared.models import Principal
+from shared.core.errors import ConfigurationError, ForbiddenError, UnauthenticatedError
+from shared.core.models import Principal
 
 ROLE_SUBMIT = "Writeback.Submit"
 ROLE_APPROVE = "Writeback.Approve"

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import quote
 
-from shared.errors import ConfigurationError, Issue, RequestError, UnauthenticatedError
+from shared.core.errors import ConfigurationError, Issue, RequestError, UnauthenticatedError
 
 Decision = Literal["approve", "reject"]
 

@@ -1,0 +1,65 @@
+"""Approval notifications: the payload sent to the approval webhook (a Power Automate or Logic Apps flow).
+
+The payload names the change, the element paths and the policy's reasons, and carries the signed approve / reject
+callback links; it never carries a value from the resource or the diff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from shared.core.models import ChangeRecord
+
+NotificationKind = Literal["approval-requested", "approval-reminder"]
+
+
+def build_notification(
+    record: ChangeRecord,
+    *,
+    kind: NotificationKind,
+    links: Mapping[str, str],
+    status_url: str,
+    review_url: str,
+) -> dict[str, Any]:
+    """The webhook body for a change awaiting approval: ids, paths, rules and links; no resource or diff values.
+
+    Raises ValueError when the record has no plan, no approval deadline, or ``links`` lacks approve / reject.
+    """
+    plan = record.plan
+    if plan is None:
+        raise ValueError("an approval notification needs the change's plan")
+    expires_at = (record.approval or {}).get("expiresAt")
+    if isinstance(expires_at, datetime):
+        expires_at = expires_at.isoformat()
+    if not isinstance(expires_at, str) or not expires_at:
+        raise ValueError("an approval notification needs the approval deadline (approval.expiresAt)")
+    if not isinstance(links.get("approve"), str) or not isinstance(links.get("reject"), str):
+        raise ValueError("an approval notification needs both the approve and the reject link")
+
+    reasons = [
+        {"path": item["path"], "rule": item["rule"]}
+        for item in plan.get("reasons") or []
+        if isinstance(item, Mapping) and isinstance(item.get("path"), str) and isinstance(item.get("rule"), str)
+    ]
+    changed_paths = [p for p in plan.get("changedPaths") or [] if isinstance(p, str)]
+    policy_version = plan.get("policyVersion")
+    return {
+        "kind": kind,
+        "changeId": record.change_id,
+        "target": record.target,
+        "resourceType": record.resource_type,
+        "resourceRef": record.resource_ref,
+        "operation": record.operation.value,
+        "requestedBy": {"app": record.requested_by.app_id, "user": record.requested_by.user_id},
+        "changedPaths": changed_paths,
+        "approvalPaths": [r["path"] for r in reasons if r["rule"] == "approve"],
+        "reasons": reasons,
+        "policyVersion": policy_version if isinstance(policy_version, str) else None,
+        "expiresAt": expires_at,
+        "approveUrl": links["approve"],
+        "rejectUrl": links["reject"],
+        "statusUrl": status_url,
+        "reviewUrl": review_url,
+    }
