@@ -13,4 +13,4 @@ bp = df.Blueprint()
 
 @bp.activity_trigger(input_name="payload")
 def expire_change(payload: dict[str, Any]) -> dict[str, Any]:
-    return bootstrap.pipeline().expire(str(payload["changeId"]))
+    return bootstrap.gateway().pipeline.expire(str(payload["changeId"]))

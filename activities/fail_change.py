@@ -13,4 +13,4 @@ bp = df.Blueprint()
 
 @bp.activity_trigger(input_name="payload")
 def fail_change(payload: dict[str, Any]) -> dict[str, Any]:
-    return bootstrap.pipeline().fail(str(payload["changeId"]), str(payload.get("detail", "")))
+    return bootstrap.gateway().pipeline.fail(str(payload["changeId"]), str(payload.get("detail", "")))

@@ -13,4 +13,6 @@ bp = df.Blueprint()
 
 @bp.activity_trigger(input_name="payload")
 def notify_approvers(payload: dict[str, Any]) -> dict[str, Any]:
-    return bootstrap.approval_notices().send(str(payload["changeId"]), str(payload.get("kind", "approval-requested")))
+    return bootstrap.gateway().approval_notices.send(
+        str(payload["changeId"]), str(payload.get("kind", "approval-requested"))
+    )

@@ -16,4 +16,4 @@ bp = df.Blueprint()
 def prepare_change(payload: dict[str, Any]) -> dict[str, Any]:
     change_id = str(payload["changeId"])
     with change_span("writeback.prepare", change_id, traceparent=payload.get("traceparent")):
-        return bootstrap.pipeline().prepare(change_id, int(payload.get("attempt", 0)))
+        return bootstrap.gateway().pipeline.prepare(change_id, int(payload.get("attempt", 0)))

@@ -32,7 +32,7 @@ async def _wake(client: df.DurableOrchestrationClient, wake: dict[str, str] | No
 @bp.route(route="api/v1/changes/{changeId}/approval", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
 async def decide_approval(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    api = bootstrap.changes_api()
+    api = bootstrap.gateway().approvals_api
     response, wake = await asyncio.to_thread(
         api.decide_approval, headers_of(req), req.route_params["changeId"], req.get_body(), base_url_of(req)
     )
@@ -43,7 +43,7 @@ async def decide_approval(req: func.HttpRequest, client: df.DurableOrchestration
 @bp.route(route="api/v1/changes/{changeId}/cancel", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
 async def cancel_change(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    api = bootstrap.changes_api()
+    api = bootstrap.gateway().approvals_api
     response, wake = await asyncio.to_thread(
         api.cancel, headers_of(req), req.route_params["changeId"], base_url_of(req)
     )
@@ -54,7 +54,7 @@ async def cancel_change(req: func.HttpRequest, client: df.DurableOrchestrationCl
 @bp.route(route="api/v1/changes/{changeId}/approval/callback", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
 async def approval_callback(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    api = bootstrap.changes_api()
+    api = bootstrap.gateway().approvals_api
     response, wake = await asyncio.to_thread(
         api.approval_callback, req.route_params["changeId"], req.params.get("token"), req.get_body(), base_url_of(req)
     )

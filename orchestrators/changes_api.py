@@ -13,25 +13,25 @@ bp = df.Blueprint()
 
 @bp.route(route="api/v1/changes", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def submit_change(req: func.HttpRequest) -> func.HttpResponse:
-    api = bootstrap.changes_api()
+    api = bootstrap.gateway().changes_api
     return to_http_response(api.submit(headers_of(req), req.get_body(), base_url_of(req)))
 
 
 @bp.route(route="api/v1/changes", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def list_changes(req: func.HttpRequest) -> func.HttpResponse:
-    api = bootstrap.changes_api()
+    api = bootstrap.gateway().changes_api
     return to_http_response(api.list_changes(headers_of(req), dict(req.params), base_url_of(req)))
 
 
 @bp.route(route="api/v1/changes/{changeId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def get_change(req: func.HttpRequest) -> func.HttpResponse:
-    api = bootstrap.changes_api()
+    api = bootstrap.gateway().changes_api
     return to_http_response(api.get_change(headers_of(req), req.route_params["changeId"], base_url_of(req)))
 
 
 @bp.route(route="api/v1/changes/{changeId}/lineage", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def get_change_lineage(req: func.HttpRequest) -> func.HttpResponse:
-    api = bootstrap.changes_api()
+    api = bootstrap.gateway().changes_api
     return to_http_response(api.lineage(headers_of(req), req.route_params["changeId"]))
 
 
@@ -39,7 +39,7 @@ def get_change_lineage(req: func.HttpRequest) -> func.HttpResponse:
     route="api/v1/lineage/{target}/{resourceType}/{resourceId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS
 )
 def get_resource_lineage(req: func.HttpRequest) -> func.HttpResponse:
-    api = bootstrap.changes_api()
+    api = bootstrap.gateway().changes_api
     p = req.route_params
     return to_http_response(
         api.resource_lineage(headers_of(req), p["target"], p["resourceType"], p["resourceId"], dict(req.params))

@@ -15,7 +15,6 @@ import azure.functions as func
 from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
 from shared import bootstrap
 from shared.app.dispatch import should_start
-from shared.config import get_settings
 from shared.core.telemetry import change_span, current_traceparent
 
 bp = df.Blueprint()
@@ -25,7 +24,7 @@ log = logging.getLogger("writeback.dispatcher")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%WRITEBACK_QUEUE_NAME%", connection="ServiceBusConnection")
 @bp.durable_client_input(client_name="client")
 async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
-    message = await asyncio.to_thread(should_start, bootstrap.journal(), msg.get_body())
+    message = await asyncio.to_thread(should_start, bootstrap.gateway().journal, msg.get_body())
     if message is None:
         return
     change_id = message.change_id
@@ -33,7 +32,7 @@ async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchest
         with change_span("writeback.dispatch", change_id, traceparent=message.traceparent):
             start = {
                 "changeId": change_id,
-                "retryDeadlineSeconds": get_settings().retry_deadline_minutes * 60,
+                "retryDeadlineSeconds": bootstrap.gateway().settings.retry_deadline_minutes * 60,
                 "traceparent": current_traceparent(),
             }
             await client.start_new(ORCHESTRATOR_NAME, change_id, start)

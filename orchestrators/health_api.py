@@ -22,7 +22,7 @@ _ALIVE = json.dumps({"status": "alive"})
 
 @bp.route(route="api/v1/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    ready, body = check_health(bootstrap.health_probes())
+    ready, body = check_health(bootstrap.gateway().health_probes)
     return func.HttpResponse(json.dumps(body), status_code=200 if ready else 503, mimetype="application/json")
 
 

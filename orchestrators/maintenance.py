@@ -1,5 +1,5 @@
-"""Timer functions: purge expired idempotency keys; the outbox sweeper (publish what was never enqueued, fail what
-was never started)."""
+"""Timer functions: purge expired idempotency keys and approval-link nonces; the outbox sweeper (publish what was
+never enqueued, fail what was never started)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from shared import bootstrap
-from shared.app.maintenance import purge_idempotency_keys
+from shared.app.maintenance import purge_expired
 
 bp = df.Blueprint()
 log = logging.getLogger("writeback.maintenance")
@@ -17,13 +17,15 @@ log = logging.getLogger("writeback.maintenance")
 
 @bp.timer_trigger(arg_name="timer", schedule="0 */15 * * * *", run_on_startup=False, use_monitor=True)
 def purge_expired_keys(timer: func.TimerRequest) -> None:
-    deleted = purge_idempotency_keys(bootstrap.idempotency_store())
-    log.info("purged %d expired idempotency keys", deleted)
+    gateway = bootstrap.gateway()
+    nonces = gateway.approval_nonces if gateway.approval_links is not None else None
+    purged = purge_expired(gateway.idempotency_store, nonces)
+    log.info("purged %d expired idempotency keys and %d approval-link nonces", purged.keys, purged.nonces)
 
 
 @bp.timer_trigger(arg_name="timer", schedule="*/30 * * * * *", run_on_startup=False, use_monitor=False)
 def sweep_unpublished_changes(timer: func.TimerRequest) -> None:
-    result = bootstrap.sweeper().sweep()
+    result = bootstrap.gateway().sweeper.sweep()
     if result.published:
         log.info("republished %d changes left unpublished", result.published)
     if result.failed:

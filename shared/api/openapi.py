@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.api.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT
-from shared.api.changes_api import MAX_PAGE_SIZE
-from shared.api.status_view import RETRY_AFTER_SECONDS
+from shared.api.responses import MAX_PAGE_SIZE, RETRY_AFTER_SECONDS
 from shared.app.intake import IDEMPOTENCY_KEY
 from shared.config import Settings
 from shared.core.fhir_ids import RESOURCE_TYPE, VERSION_ID

@@ -7,8 +7,6 @@ from typing import Any
 from shared.core.links import change_links
 from shared.core.models import ChangeRecord, LineageEvent
 
-RETRY_AFTER_SECONDS = 2
-
 
 def status_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -26,6 +24,7 @@ def status_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:
         "approval": record.approval,
         "result": record.result,
         "error": record.error,
+        "resolution": record.resolution,
         "links": change_links(base_url, record.change_id),
     }
     return {k: v for k, v in body.items() if v is not None}

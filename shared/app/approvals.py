@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 from shared.app.journal import ChangeJournal, Step, utcnow
 from shared.core.errors import ForbiddenError, StateConflictError
 from shared.core.models import ChangeRecord, ChangeStatus, Principal
+from shared.core.problems import problem_body
 
 Decision = Literal["approve", "reject"]
 
@@ -24,6 +25,11 @@ Decision = Literal["approve", "reject"]
 class SelfApprovalError(ForbiddenError):
     code = "self-approval"
     title = "The requester cannot approve their own change"
+
+
+class RejectedByApproverError(ForbiddenError):
+    code = "rejected-by-approver"
+    title = "Rejected by an approver"
 
 
 class LinkClaims(Protocol):
@@ -63,12 +69,11 @@ class Approver:
 
     @classmethod
     def of(cls, principal: Principal) -> Approver:
-        return cls(principal.user_id or f"app:{principal.app_id}", principal.display_name, "api")
+        return cls(principal.actor, principal.display_name, "api")
 
 
 def requester_id(record: ChangeRecord) -> str:
-    principal = record.requested_by
-    return principal.user_id or f"app:{principal.app_id}"
+    return record.requested_by.actor
 
 
 def _comment_hash(comment: str | None) -> str | None:
@@ -103,12 +108,7 @@ class ApprovalService:
         if decision == "approve":
             steps = [Step("approved", details, actor=approver.id), Step("writing", {})]
             return self.journal.record(record, steps, status=ChangeStatus.WRITING, approval=decided)
-        error = {
-            "type": "urn:writeback:problem:rejected-by-approver",
-            "title": "Rejected by an approver",
-            "status": 403,
-            "detail": "An approver rejected this change",
-        }
+        error = problem_body(RejectedByApproverError("An approver rejected this change"))
         return self.journal.record(
             record,
             [Step("rejected", details, actor=approver.id)],
@@ -119,7 +119,7 @@ class ApprovalService:
 
     def cancel(self, change_id: str, principal: Principal, *, as_operator: bool) -> ChangeRecord:
         record = self.journal.load(change_id, fresh=True)
-        if not as_operator and requester_id(record) != (principal.user_id or f"app:{principal.app_id}"):
+        if not as_operator and requester_id(record) != principal.actor:
             raise ForbiddenError("Only the requester or an operator can cancel a change")
         if record.status is ChangeStatus.CANCELLED:
             return record
@@ -127,7 +127,7 @@ class ApprovalService:
             raise StateConflictError(
                 f"The change is {record.status.value}; only a change awaiting approval can be cancelled"
             )
-        actor = principal.user_id or f"app:{principal.app_id}"
+        actor = principal.actor
         approval = {
             **(record.approval or {}),
             "decision": "cancelled",

@@ -13,7 +13,6 @@ while the first is still being taken in, 409.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.app.journal import ChangeJournal, Step, utcnow
+from shared.core.canonical import canonical_json, sha256_hex
 from shared.core.change_ids import change_id_time, new_change_id
 from shared.core.errors import (
     AlreadyExistsError,
@@ -63,14 +63,6 @@ HEADER = "Idempotency-Key"
 class IntakeResult:
     change: ChangeRecord
     replayed: bool
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def check_idempotency_key(key: str | None) -> str:
@@ -233,9 +225,9 @@ class IntakeService:
     def submit(
         self, principal: Principal, key: str | None, body: bytes, *, traceparent: str | None = None
     ) -> IntakeResult:
-        key = check_idempotency_key(key)
         if len(body) > self.max_body_bytes:
             raise PayloadTooLargeError(f"The request body exceeds {self.max_body_bytes} bytes")
+        key = check_idempotency_key(key)
         request, data = parse_change_request(body, self.targets)
         fingerprint = sha256_hex(canonical_json(data))
         now = self._clock()
@@ -330,7 +322,7 @@ class IntakeService:
                     "baseVersion": request.base_version,
                     "dryRun": request.dry_run,
                 },
-                actor=principal.app_id,
+                actor=principal.actor,
             )
             try:
                 record = self.journal.open(record, accepted)

@@ -5,25 +5,43 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 from shared.app.intake import IntakeService
 from shared.app.journal import Step, utcnow
 from shared.core.change_ids import change_id_floor, change_id_time
 from shared.core.errors import ConcurrencyError, WritebackError
 from shared.core.models import ChangeMessage, ChangeRecord, ChangeStatus
-from shared.core.ports import IdempotencyStore, SweepState
+from shared.core.ports import ApprovalNonceStore, IdempotencyStore, SweepState
+from shared.core.problems import problem_body
 
 
 def purge_idempotency_keys(store: IdempotencyStore, now: datetime | None = None) -> int:
     return store.purge_expired(now or utcnow())
 
 
-STUCK_ERROR = {
-    "type": "urn:writeback:problem:not-dispatched",
-    "title": "The change was never picked up",
-    "status": 503,
-    "detail": "The change stayed accepted: its message was probably dead-lettered. Retry it.",
-}
+@dataclass(frozen=True)
+class PurgeResult:
+    keys: int
+    nonces: int
+
+
+def purge_expired(
+    keys: IdempotencyStore, nonces: ApprovalNonceStore | None, now: datetime | None = None
+) -> PurgeResult:
+    """Delete idempotency keys past their retention and the nonces of approval links past their expiry."""
+    now = now or utcnow()
+    return PurgeResult(keys.purge_expired(now), nonces.purge_expired(now) if nonces is not None else 0)
+
+
+@dataclass(eq=False)
+class NotDispatchedError(WritebackError):
+    """A change that stayed ``accepted``: its message never started an orchestration."""
+
+    status: ClassVar[int] = 503
+    code: ClassVar[str] = "not-dispatched"
+    title: ClassVar[str] = "The change was never picked up"
+    detail: str = "The change stayed accepted: its message was probably dead-lettered. Retry it."
 
 
 @dataclass
@@ -140,7 +158,10 @@ class OutboxSweeper:
             return True
         try:
             self.intake.journal.record(
-                record, [Step("failed", {"code": "not-dispatched"})], status=ChangeStatus.FAILED, error=STUCK_ERROR
+                record,
+                [Step("failed", {"code": "not-dispatched"})],
+                status=ChangeStatus.FAILED,
+                error=problem_body(NotDispatchedError()),
             )
         except ConcurrencyError:
             return True  # it moved meanwhile: it was picked up after all

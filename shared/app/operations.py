@@ -8,14 +8,21 @@ the change accepted or completed and leaves it alone; a write repeated after suc
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from shared.app.journal import ChangeJournal, Step, utcnow
 from shared.core.errors import ConcurrencyError, StateConflictError, WritebackError
 from shared.core.models import ChangeMessage, ChangeRecord, ChangeStatus
 from shared.core.ports import MessagePublisher, SweepState
+
+
+def _comment_hash(comment: str | None) -> dict[str, str]:
+    return {"commentHash": hashlib.sha256(comment.encode("utf-8")).hexdigest()} if comment else {}
+
 
 RETRYABLE = frozenset({ChangeStatus.FAILED, ChangeStatus.CONFLICT, ChangeStatus.EXPIRED})
 MAX_REPLAY = 1000
@@ -51,7 +58,7 @@ class OperationsService:
         self.sweep_state = sweep_state
         self._clock = clock
 
-    def retry(self, change_id: str, actor: str, *, replan: bool = False) -> ChangeRecord:
+    def retry(self, change_id: str, actor: str, *, replan: bool = False, comment: str | None = None) -> ChangeRecord:
         """Run a failed / conflicting / expired change again; with ``replan``, on the target's current version."""
         record = self.journal.load(change_id, fresh=True)
         if record.status not in RETRYABLE:
@@ -61,7 +68,8 @@ class OperationsService:
         if replan and record.status is not ChangeStatus.CONFLICT:
             raise StateConflictError("Only a change in conflict can be re-planned")
         attempt = record.retries + 1
-        step = Step("retry-requested", {"by": actor, "attempt": attempt, "replan": replan, "from": record.status.value})
+        details = {"by": actor, "attempt": attempt, "replan": replan, "from": record.status.value}
+        step = Step("retry-requested", {**details, **_comment_hash(comment)})
         # Its id is older than the outbox sweeper's key range: named before it is accepted again, so that the
         # sweeper still publishes it if the publish below fails or the process dies first.
         self.sweep_state.mark_pending(change_id, self._clock())
@@ -75,6 +83,7 @@ class OperationsService:
             error=None,
             result=None,
             approval=None,
+            **self._resolution("replan", actor, comment),
         )
         try:
             self.publisher.publish(
@@ -87,13 +96,22 @@ class OperationsService:
         except ConcurrencyError:
             return self.journal.load(change_id, fresh=True)
 
-    def discard(self, change_id: str, actor: str) -> ChangeRecord:
+    def discard(self, change_id: str, actor: str, *, comment: str | None = None) -> ChangeRecord:
         record = self.journal.load(change_id, fresh=True)
         if record.status is not ChangeStatus.CONFLICT:
             raise StateConflictError(f"The change is {record.status.value}; only a change in conflict can be discarded")
         return self.journal.record(
-            record, [Step("discarded", {"by": actor}, actor=actor)], status=ChangeStatus.CANCELLED
+            record,
+            [Step("discarded", {"by": actor, **_comment_hash(comment)}, actor=actor)],
+            status=ChangeStatus.CANCELLED,
+            **self._resolution("discard", actor, comment),
         )
+
+    def _resolution(self, action: str, actor: str, comment: str | None) -> dict[str, Any]:
+        """How a person resolved a conflict, with their comment (kept on the record; lineage keeps its hash)."""
+        if comment is None:
+            return {}
+        return {"resolution": {"action": action, "by": actor, "at": self._clock().isoformat(), "comment": comment}}
 
     def matching(self, where: ReplayFilter, limit: int = MAX_REPLAY) -> list[ChangeRecord]:
         found: list[ChangeRecord] = []

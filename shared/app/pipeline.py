@@ -14,7 +14,6 @@ with ONE journal transition (record and its lineage events together). Step resul
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 from shared.app.journal import ChangeJournal, Step, utcnow
 from shared.app.writer import FhirWriter, verify
+from shared.core.canonical import canonical_hash
 from shared.core.errors import (
     AuthError,
     ConcurrencyError,
@@ -49,13 +49,13 @@ from shared.core.telemetry import conflicts, retries, write_latency
 StepResult = dict[str, Any]
 
 
+class RetriesExhaustedError(PermanentError):
+    title = "Retries exhausted"
+
+
 class PolicyDeniedError(ForbiddenError):
     code = "policy-denied"
     title = "Denied by the field-ownership policy"
-
-
-def _hash(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 BACKOFF_BASE_SECONDS = 2.0
@@ -194,7 +194,7 @@ class ChangePipeline:
                     "baseVersion": request.base_version,
                     "currentVersion": current_version,
                     "changedPaths": plan.changed_paths,
-                    "diffHash": _hash(plan.diff),
+                    "diffHash": canonical_hash(plan.diff),
                     "merged": plan.merged,
                     "downstreamPaths": plan.downstream_paths,
                 },
@@ -464,8 +464,7 @@ class ChangePipeline:
         def step(record: ChangeRecord) -> StepResult:
             if record.status.is_terminal:
                 return outcome(record)
-            error = PermanentError(detail=detail or "the change could not be written")
-            error_body = {**problem_body(error), "title": "Retries exhausted"}
+            error_body = problem_body(RetriesExhaustedError(detail=detail or "the change could not be written"))
             done = self.journal.record(
                 record, [Step("failed", {"code": "retries-exhausted"})], status=ChangeStatus.FAILED, error=error_body
             )

@@ -78,6 +78,11 @@ class Principal(WireModel):
     auth_type: str = "easyauth"
 
     @property
+    def actor(self) -> str:
+        """How lineage, decisions and separation of duties name this caller: the user, else the app as itself."""
+        return self.user_id or f"app:{self.app_id}"
+
+    @property
     def caller_key(self) -> str:
         """The scope of idempotency keys: one namespace per app (and user, when the app acts for one)."""
         return f"{self.app_id}|{self.user_id or ''}"
@@ -227,6 +232,7 @@ class ChangeRecord(WireModel):
     approval: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    resolution: dict[str, Any] | None = None
     etag: str | None = Field(default=None, exclude=True)
 
     @property

@@ -184,6 +184,14 @@ class FhirClient(Protocol):
         ...
 
 
+class ApprovalNonceStore(Protocol):
+    """The single-use nonces of signed approval links. ``use`` is the atomic decision: AlreadyExistsError when the
+    nonce was used before; ``purge_expired`` deletes the rows of links that expired before ``now``."""
+
+    def use(self, nonce: str, change_id: str, expires_at: datetime) -> None: ...
+    def purge_expired(self, now: datetime) -> int: ...
+
+
 class ApprovalNotifier(Protocol):
     """Tells approvers a change waits for them (the approval webhook). Raises RetryableError / PermanentError."""
 

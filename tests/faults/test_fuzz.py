@@ -27,7 +27,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.api.caller_identity import Authenticator, encode_easyauth_principal
+from shared.api.caller_identity import encode_easyauth_principal
 from shared.api.changes_api import ChangesApi
 from shared.api.responses import ApiResponse
-from shared.app.approvals import ApprovalService
-from shared.app.intake import IntakeService
-from shared.app.journal import ChangeJournal
+from shared.bootstrap import build
+from shared.config import Settings
 from shared.core.models import ChangeRequest, Principal
 from shared.core.policy import Policy
 from shared.core.targets import TargetRegistry
@@ -134,27 +132,17 @@ def services() -> Services:
     """A fresh gateway core per example: one change store, key store, payload store and broker, all in memory."""
     idempotency, changes, payloads = FakeIdempotencyStore(), FakeChangeStore(), FakePayloadStore()
     publisher = FakeMessagePublisher()
-    journal = ChangeJournal(changes)
-    intake = IntakeService(
-        idempotency=idempotency,
-        journal=journal,
-        payloads=payloads,
+    parts = build(
+        Settings(max_body_bytes=MAX_BODY, auth_mode="easyauth"),
+        idempotency_store=idempotency,
+        change_store=changes,
+        payload_store=payloads,
         publisher=publisher,
-        targets=TARGETS,
-        max_body_bytes=MAX_BODY,
-        retention=timedelta(hours=72),
         sweep_state=FakeSweepState(),
-        sweep_grace=timedelta(minutes=15),
+        targets=TARGETS,
+        policy=POLICY,
     )
-    api = ChangesApi(
-        authenticate=Authenticator("easyauth").authenticate,
-        intake=lambda: intake,
-        journal=lambda: journal,
-        approvals=lambda: ApprovalService(journal),
-        policy=lambda: POLICY,
-        max_body_bytes=MAX_BODY,
-    )
-    return Services(api, idempotency, changes, payloads, publisher)
+    return Services(parts.changes_api, idempotency, changes, payloads, publisher)
 
 
 def assert_problem(resp: ApiResponse) -> None:

@@ -9,15 +9,12 @@ import azure.functions as func
 import pytest
 
 from shared import bootstrap
-from shared.config import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _clear() -> None:
-    get_settings.cache_clear()
-    for factory in (bootstrap.table_service, bootstrap.blob_service, bootstrap.payload_store, bootstrap.targets):
-        factory.cache_clear()
+    bootstrap.reset()
 
 
 @pytest.fixture

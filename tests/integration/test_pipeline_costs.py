@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,9 @@ from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import reset_token_providers, token_provider_for
 from shared.api.caller_identity import ROLE_SUBMIT
 from shared.app.dispatch import should_start
-from shared.app.intake import IntakeService
-from shared.app.journal import ChangeJournal
-from shared.app.pipeline import ChangePipeline
+from shared.bootstrap import build
+from shared.config import Settings
 from shared.core.models import ChangeStatus, Principal
-from shared.core.policy import Policy
 from shared.core.targets import TargetRegistry
 from shared.fakes.counting import CountingProxy
 from shared.fakes.messages import FakeMessagePublisher
@@ -57,29 +54,20 @@ def test_happy_path_update_costs(
     targets = TargetRegistry.from_file(
         REPO / "config" / "targets.yaml", {"WRITEBACK_TARGET_LOCAL_EHR_BASE_URL": fhir.base_url}
     )
-    journal = ChangeJournal(CountingProxy(FakeChangeStore(), calls, "changes"))
-    payloads = FakePayloadStore()
-    intake = IntakeService(
-        idempotency=CountingProxy(FakeIdempotencyStore(), calls, "idempotency"),
-        journal=journal,
-        payloads=payloads,
-        publisher=FakeMessagePublisher(),
-        targets=targets,
-        max_body_bytes=1_048_576,
-        retention=timedelta(hours=72),
-        sweep_state=CountingProxy(FakeSweepState(), calls, "sweep"),
-        sweep_grace=timedelta(minutes=15),
-    )
     target = targets.get("local-ehr")
     assert target is not None
     client = HttpFhirClient(target, tokens=token_provider_for(target, managed_identity_client_id=None))
-    pipeline = ChangePipeline(
-        journal=journal,
-        payloads=payloads,
+    gateway = build(
+        Settings(policy_file=REPO / "config" / "policy.yaml"),
+        change_store=CountingProxy(FakeChangeStore(), calls, "changes"),
+        idempotency_store=CountingProxy(FakeIdempotencyStore(), calls, "idempotency"),
+        sweep_state=CountingProxy(FakeSweepState(), calls, "sweep"),
+        payload_store=FakePayloadStore(),
+        publisher=FakeMessagePublisher(),
         targets=targets,
-        policy=Policy.from_file(REPO / "config" / "policy.yaml"),
         fhir=lambda _: client,
     )
+    journal, intake, pipeline = gateway.journal, gateway.intake, gateway.pipeline
     body = {
         "target": "local-ehr",
         "operation": "update",

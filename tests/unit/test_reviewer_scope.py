@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from shared.api.access import Access
 from shared.api.caller_identity import Authenticator, encode_easyauth_principal
 from shared.api.changes_api import ChangesApi
-from shared.app.approvals import ApprovalService
 from shared.app.journal import ChangeJournal, Step
 from shared.core.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
 from shared.core.policy import Policy
@@ -53,14 +53,8 @@ def api() -> ChangesApi:
     for change_id, target in (("in-a", "ehr-a"), ("in-b", "ehr-b")):
         journal.open(record(change_id, target), Step("accepted"))
     policy = Policy.from_text(POLICY)
-    return ChangesApi(
-        authenticate=Authenticator("easyauth").authenticate,
-        intake=lambda: None,  # type: ignore[arg-type,return-value]
-        journal=lambda: journal,
-        approvals=lambda: ApprovalService(journal),
-        policy=lambda: policy,
-        max_body_bytes=1000,
-    )
+    access = Access(Authenticator("easyauth"), journal, policy)
+    return ChangesApi(access, None, journal, known_targets={"ehr-a", "ehr-b"})  # type: ignore[arg-type]
 
 
 def headers(app: str, user: str | None = None) -> dict[str, str]:

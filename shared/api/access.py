@@ -1,0 +1,47 @@
+"""Who may see and decide what: the caller authenticated, and a change found only where the caller may see it.
+
+The submitting app sees its own changes; Audit, Approve and Operate see the changes of the targets the policy's
+reviewer scope gives them (all targets when it names none). A change the caller may not see is answered as not
+found, so its existence is not revealed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shared.api.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, Authenticator
+from shared.app.journal import ChangeJournal
+from shared.core.errors import NotFoundError
+from shared.core.models import ChangeRecord, Principal
+from shared.core.policy import Policy
+
+READ_ROLES = (ROLE_AUDIT, ROLE_APPROVE, ROLE_OPERATE)
+
+
+class Access:
+    def __init__(self, authenticator: Authenticator, journal: ChangeJournal, policy: Policy) -> None:
+        self._authenticator = authenticator
+        self._journal = journal
+        self._policy = policy
+
+    def caller(self, headers: Mapping[str, str]) -> Principal:
+        return self._authenticator.authenticate(headers)
+
+    def scope(self, principal: Principal) -> frozenset[str] | None:
+        """The targets a reviewer may see (None: all); empty for a principal without a reviewing role."""
+        if not any(r in principal.roles for r in READ_ROLES):
+            return frozenset()
+        return self._policy.reviewer_targets(principal.app_id, principal.user_id)
+
+    def record(self, principal: Principal, change_id: str) -> ChangeRecord:
+        """The change as stored now, when the caller may see it; NotFoundError otherwise."""
+        record = self._journal.store.get(change_id)
+        if record is None or not self._visible(principal, record):
+            raise NotFoundError(f"change {change_id} not found")
+        return record
+
+    def _visible(self, principal: Principal, record: ChangeRecord) -> bool:
+        if record.requested_by.app_id == principal.app_id:
+            return True
+        scope = self.scope(principal)
+        return scope is None or record.target in scope

@@ -1,0 +1,94 @@
+"""The decision API, free of Azure Functions: approve or reject, cancel, and the signed callback links.
+
+Each method answers the ``ApiResponse`` and the event that wakes the change's orchestration (None when nothing was
+decided); ``orchestrators/approvals_api.py`` raises that event after the decision is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from shared.api.access import Access
+from shared.api.caller_identity import ROLE_APPROVE, ROLE_OPERATE, ROLE_SUBMIT, require_role
+from shared.api.requests import ApprovalRequest, CallbackBody, parse_body
+from shared.api.responses import ApiResponse, answer, change_answer
+from shared.api.status_view import status_body
+from shared.app.approvals import ApprovalLinks, ApprovalService, Approver
+from shared.core.errors import Issue, NotFoundError, RequestError
+from shared.core.models import ChangeRecord
+
+WakeUp = dict[str, str] | None
+
+
+def _decided(record: ChangeRecord, base_url: str) -> tuple[ApiResponse, WakeUp]:
+    wake = {"changeId": record.change_id, "status": record.status.value}
+    return change_answer(status_body(record, base_url), terminal=record.status.is_terminal), wake
+
+
+def _answer_waking(action: Callable[[], tuple[ApiResponse, WakeUp]], instance: str) -> tuple[ApiResponse, WakeUp]:
+    wake: list[WakeUp] = []
+
+    def run() -> ApiResponse:
+        response, event = action()
+        wake.append(event)
+        return response
+
+    response = answer(run, instance)
+    return response, (wake[0] if wake else None)
+
+
+class ApprovalsApi:
+    def __init__(self, access: Access, approvals: ApprovalService, links: ApprovalLinks | None) -> None:
+        self._access = access
+        self._approvals = approvals
+        self._links = links
+
+    def decide_approval(
+        self, headers: Mapping[str, str], change_id: str, body: bytes, base_url: str
+    ) -> tuple[ApiResponse, WakeUp]:
+        """``POST /changes/{id}/approval``."""
+
+        def action() -> tuple[ApiResponse, WakeUp]:
+            principal = self._access.caller(headers)
+            require_role(principal, ROLE_APPROVE)
+            request = parse_body(ApprovalRequest, body, what="a valid approval decision")
+            self._access.record(principal, change_id)
+            record = self._approvals.decide(change_id, request.decision, Approver.of(principal), request.comment)
+            return _decided(record, base_url)
+
+        return _answer_waking(action, f"/api/v1/changes/{change_id}/approval")
+
+    def cancel(self, headers: Mapping[str, str], change_id: str, base_url: str) -> tuple[ApiResponse, WakeUp]:
+        """``POST /changes/{id}/cancel``: the requester, or an operator."""
+
+        def action() -> tuple[ApiResponse, WakeUp]:
+            principal = self._access.caller(headers)
+            self._access.record(principal, change_id)
+            as_operator = ROLE_OPERATE in principal.roles
+            if not as_operator:
+                require_role(principal, ROLE_SUBMIT)
+            record = self._approvals.cancel(change_id, principal, as_operator=as_operator)
+            return _decided(record, base_url)
+
+        return _answer_waking(action, f"/api/v1/changes/{change_id}/cancel")
+
+    def approval_callback(
+        self, change_id: str, token: str | None, body: bytes, base_url: str
+    ) -> tuple[ApiResponse, WakeUp]:
+        """A signed, single-use approve / reject link, called by a Power Automate or Logic Apps flow."""
+
+        def action() -> tuple[ApiResponse, WakeUp]:
+            if self._links is None:
+                raise NotFoundError("approval links are not configured")
+            if not token:
+                raise RequestError(
+                    "The token is missing", issues=[Issue("token", "required", "the signed link's token")]
+                )
+            claims = self._links.signer.verify(token, change_id=change_id)
+            extra = parse_body(CallbackBody, body, what="valid")
+            self._links.nonces.use(claims.nonce, claims.change_id, claims.expires_at)
+            approver = Approver(extra.approver or "approval-flow", None, "callback")
+            record = self._approvals.decide(change_id, claims.decision, approver, extra.comment)
+            return _decided(record, base_url)
+
+        return _answer_waking(action, f"/api/v1/changes/{change_id}/approval/callback")

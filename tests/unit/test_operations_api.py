@@ -1,0 +1,77 @@
+"""The operations API over the fakes, wired by the composition root: resolving a conflict keeps the person's comment.
+
+The comment is kept on the change record (``resolution``, shown in the status) and its hash in the lineage (the
+lineage never holds free text, which may hold PHI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from shared.api.caller_identity import encode_easyauth_principal
+from shared.app.journal import Step
+from shared.bootstrap import Gateway, build
+from shared.config import Settings
+from shared.core.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
+from shared.fakes.messages import FakeMessagePublisher
+from shared.fakes.stores import FakeChangeStore, FakeSweepState
+
+REPO = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+APPROVER = {"X-MS-CLIENT-PRINCIPAL": encode_easyauth_principal("portal", ["Writeback.Approve"], user_id="rev1")}
+
+
+@pytest.fixture
+def gateway() -> Gateway:
+    return build(
+        Settings(targets_file=REPO / "config" / "targets.yaml", policy_file=REPO / "config" / "policy.yaml"),
+        change_store=FakeChangeStore(),
+        sweep_state=FakeSweepState(),
+        publisher=FakeMessagePublisher(),
+        clock=lambda: NOW,
+    )
+
+
+def in_conflict(gateway: Gateway, change_id: str) -> None:
+    record = ChangeRecord(
+        change_id=change_id,
+        status=ChangeStatus.ACCEPTED,
+        target="local-ehr",
+        operation=Operation.UPDATE,
+        resource_type="Patient",
+        resource_id="p1",
+        requested_by=Principal(app_id="crm", user_id="u1"),
+        submitted_at=NOW,
+        updated_at=NOW,
+        request_hash="0" * 64,
+        payload=PayloadRef(kind="inline", sha256="0" * 64, size=2, inline="{}"),
+    )
+    opened = gateway.journal.open(record, Step("accepted"))
+    gateway.journal.record(opened, [Step("conflict")], status=ChangeStatus.CONFLICT)
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "event"), [("discard", 200, "discarded"), ("replan", 202, "retry-requested")]
+)
+def test_a_resolution_keeps_its_comment(gateway: Gateway, action: str, status: int, event: str) -> None:
+    in_conflict(gateway, "c1")
+    comment = "checked with the ward: their number is newer"
+
+    response = gateway.operations_api.resolve(
+        APPROVER, "c1", f'{{"action": "{action}", "comment": "{comment}"}}'.encode(), "http://gw"
+    )
+
+    assert response.status == status, response.body
+    assert response.body["resolution"] == {"action": action, "by": "rev1", "at": NOW.isoformat(), "comment": comment}
+    resolved = next(e for e in gateway.change_store.lineage("c1") if e.event == event)
+    assert resolved.details["commentHash"] == hashlib.sha256(comment.encode()).hexdigest()
+    assert comment not in str(resolved.details)
+
+
+def test_build_refuses_an_override_for_a_part_that_does_not_exist() -> None:
+    with pytest.raises(TypeError, match="change_stor"):
+        build(Settings(), change_stor=FakeChangeStore())
