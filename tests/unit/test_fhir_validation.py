@@ -10,7 +10,6 @@ import pytest
 
 from shared.core.errors import FhirValidationError, Issue
 from shared.core.fhir_validation import (
-    _CODE_BINDINGS,
     MAX_ISSUES,
     R4_RESOURCE_TYPES,
     SUPPORTED_BINDING_TYPES,
@@ -20,6 +19,7 @@ from shared.core.fhir_validation import (
     validate_resource,
     validation_issues,
 )
+from shared.core.fhir_validation.walker import _CODE_BINDINGS
 
 XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
