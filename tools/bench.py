@@ -392,13 +392,13 @@ def latency_run(n: int, concurrency: int, request: Callable[[httpx.Client, int],
 
 
 SPLIT_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("validation", ("shared/core/fhir_validation.py", "/fhir/resources/")),
+    ("validation", ("shared/core/fhir_validation/", "/fhir/resources/")),
     (
         "policy and diff",
-        ("shared/core/planning.py", "shared/core/policy.py", "/jsonpatch", "/jsonpointer", "/fhirpathpy/"),
+        ("shared/core/planning.py", "shared/core/policy/", "/jsonpatch", "/jsonpointer", "/fhirpathpy/"),
     ),
     ("the fakes (not the project's)", ("shared/fakes/",)),
-    ("serialisation", ("/json/", "/pydantic/", "/pydantic_core/", "shared/table_codec.py")),
+    ("serialisation", ("/json/", "/pydantic/", "/pydantic_core/", "shared/adapters/table_codec.py")),
 ]
 
 
@@ -968,7 +968,7 @@ HOW = [
     "plan, policy), write (write, verify) in-process over `shared/fakes` (FakeFhirClient with "
     "return=representation), `time.process_time()` per step, median over the changes after 50 warm-up changes. "
     "**CPU kinds**: a second pass, its main thread's stack sampled every ~0.5 ms; a sample counts as validation when "
-    "any frame is in `shared/core/fhir_validation.py` or `fhir.resources`, else policy and diff (`planning`, `policy`, "
+    "any frame is in `shared/core/fhir_validation/` or `fhir.resources`, else policy and diff (`planning`, `policy`, "
     "jsonpatch, fhirpathpy), else the fakes' own code, else serialisation (json, pydantic, the Table codec), else "
     "the rest; shares are scaled to the timed median. **Replay**: the real `writeback_orchestrator` run by the SDK "
     "over every episode of 20 governed changes, from the histories the run left in `durable.db` (episode k replays "

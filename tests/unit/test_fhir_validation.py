@@ -10,7 +10,6 @@ import pytest
 
 from shared.core.errors import FhirValidationError, Issue
 from shared.core.fhir_validation import (
-    _CODE_BINDINGS,
     MAX_ISSUES,
     R4_RESOURCE_TYPES,
     SUPPORTED_BINDING_TYPES,
@@ -20,6 +19,7 @@ from shared.core.fhir_validation import (
     validate_resource,
     validation_issues,
 )
+from shared.core.fhir_validation.bindings import CODE_BINDINGS
 
 XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
@@ -646,7 +646,7 @@ def test_supported_binding_types() -> None:
 def test_binding_table_agrees_with_fhir_resources_enum_values() -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
-    for type_name, elements in _CODE_BINDINGS.items():
+    for type_name, elements in CODE_BINDINGS.items():
         model = get_fhir_model_class(type_name)
         for element, (_, codes) in elements.items():
             extra = model.model_fields[element].json_schema_extra
