@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools import bench
+from tools.bench import __main__ as bench
 
 
 def test_in_process_counts_and_splits_cpu_over_the_fakes() -> None:
