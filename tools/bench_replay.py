@@ -1,7 +1,8 @@
 """Replay cost of the local runtime's Durable engine, and its growth with history length.
 
 Two figures per history length (number of episodes already in the history):
-- ``sdk replay``: one call of the orchestrator handler (the real SDK replaying the whole history), median;
+- ``sdk replay``: one episode through ``devhost.durable.replay.replay_episode`` (the real SDK replaying the whole
+  history, its answer decoded), median;
 - ``engine episode``: one whole episode of the engine (SQLite read, replay, action check, commit), median.
 Prints a table; ``--json FILE`` writes the figures too.
 """
@@ -20,6 +21,7 @@ from typing import Any
 from devhost.app_index import load_app
 from devhost.durable.engine import DurableEngine
 from devhost.durable.history import EventType, dumps, event
+from devhost.durable.replay import OrchestratorHandler, episode_context, replay_episode
 
 APP_DIR = Path(__file__).parent / "bench_app"
 LENGTHS = (1, 5, 10, 20, 50)
@@ -42,23 +44,18 @@ def synthetic_history(episodes: int) -> list[dict[str, Any]]:
     return history
 
 
-def sdk_replay_ms(handler: Any, episodes: int, repeats: int) -> float:
-    context = dumps(
-        {
-            "history": synthetic_history(episodes),
-            "input": "1000",
-            "instanceId": "bench",
-            "isReplaying": True,
-            "parentInstanceId": None,
-            "upperSchemaVersion": 1,
-            "upperSchemaVersionNew": 2,
-        }
-    )
+def sdk_replay_ms(handler: OrchestratorHandler, episodes: int, repeats: int) -> float:
+    """Median ms of one episode replaying a history of ``episodes`` earlier episodes (``replay_episode``; the
+    context is encoded once, outside the timing)."""
+    history = synthetic_history(episodes)
+    context = dumps(episode_context(history[:-2], history[-2:], "1000", "bench"))
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
-        handler(context)
+        result = replay_episode(handler, context)
         samples.append((time.perf_counter() - start) * 1000)
+    if result.error is not None or len(result.actions) != episodes + 1:
+        raise RuntimeError(f"bench_chain did not replay {episodes} episodes: {result}")
     return statistics.median(samples)
 
 
@@ -73,10 +70,8 @@ def engine_episode_ms(max_episodes: int) -> dict[int, float]:
             start = time.perf_counter()
             engine.run_episode(iid)
             timings[episode] = (time.perf_counter() - start) * 1000
-            item = engine._lease_work()
-            if item is None:
+            if not engine.run_next_activity():
                 break
-            engine._run_activity(item)
         assert engine.status(iid)["runtimeStatus"] == "Completed"  # type: ignore[index]
         engine.store.close()
     return timings

@@ -4,9 +4,9 @@ How an orchestration moves:
 - Everything that happens to an instance (start, activity result, timer, external event, sub-orchestration result)
   lands as a row in the ``inbox``; a timer is a row that becomes visible at its fire time.
 - An *episode* takes the instance's visible inbox rows, appends them to its history after a new
-  OrchestratorStarted, calls the orchestrator with the whole history, checks that the actions it returns agree
-  with the ones recorded before (non-determinism fails the instance), schedules the new ones, and commits all of
-  it in one SQLite transaction.
+  OrchestratorStarted, calls the orchestrator with the whole history (``devhost.durable.replay``), checks that the
+  actions it returns agree with the ones recorded before (non-determinism fails the instance), schedules the new
+  ones, and commits all of it in one SQLite transaction.
 - Activities are ``work`` rows run by worker threads, at least once: a row is deleted only in the transaction that
   records its result, so one cut off by a crash runs again after a restart.
 
@@ -41,9 +41,9 @@ from devhost.durable.history import (
     EventType,
     dumps,
     event,
-    flatten_actions,
     timestamp,
 )
+from devhost.durable.replay import EpisodeResult, episode_context, replay_episode
 from devhost.durable.store import DurableStore
 from devhost.invoke import invoke
 
@@ -51,11 +51,7 @@ log = logging.getLogger("devhost.durable")
 
 RUNNING_STATES = frozenset({"Pending", "Running", "ContinuedAsNew", "Suspended"})
 TERMINAL_STATES = frozenset({"Completed", "Failed", "Terminated", "Canceled"})
-OUT_OF_PROC_MARKER = "$OutOfProcData$:"
 ACTIVITY_LEASE_SECONDS = 600.0
-# The Azure Storage provider's limits, passed on to the SDK (which splits longer timers itself).
-MAX_SHORT_TIMER = "6.00:00:00"
-LONG_TIMER_INTERVAL = "3.00:00:00"
 
 
 class InstanceExistsError(Exception):
@@ -86,27 +82,6 @@ def _retry_delay(options: dict[str, Any], attempt: int) -> float:
     if cap:
         delay = min(delay, float(cap) / 1000.0)
     return delay
-
-
-def episode_context(
-    history: list[dict[str, Any]],
-    new_events: list[dict[str, Any]],
-    orchestration_input: str | None,
-    instance_id: str,
-    parent_instance_id: str | None = None,
-) -> dict[str, Any]:
-    """The context the host hands the orchestrator for one episode: the played history and the new events."""
-    return {
-        "history": history + new_events,
-        "input": orchestration_input,
-        "instanceId": instance_id,
-        "isReplaying": bool(history),
-        "parentInstanceId": parent_instance_id,
-        "upperSchemaVersion": 1,
-        "upperSchemaVersionNew": 2,
-        "maximumShortTimerDuration": MAX_SHORT_TIMER,
-        "longRunningTimerIntervalDuration": LONG_TIMER_INTERVAL,
-    }
 
 
 class DurableEngine:
@@ -439,8 +414,8 @@ class DurableEngine:
                 retries.append((retry_id, {**meta_info, "attempt": int(meta_info["attempt"]) + 1}))
 
         context = episode_context(history, new_events, inst["input"], instance_id, inst["parent_instance_id"])
-        state, error = self._call_orchestrator(inst["name"], context)
-        actions = flatten_actions(state) if state else []
+        result = self._call_orchestrator(inst["name"], context)
+        error, actions = result.error, result.actions
         recorded = db.execute(
             "SELECT idx, action_type, name, task_id FROM actions WHERE instance_id = ? ORDER BY idx", (instance_id,)
         ).fetchall()
@@ -480,7 +455,7 @@ class DurableEngine:
             "INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)",
             [(instance_id, seq + i, dumps(e)) for i, e in enumerate(new_events)],
         )
-        custom = state.get("customStatus") if state else None
+        custom = result.custom_status
         db.execute(
             "UPDATE instances SET next_task_id = ?, custom_status = ?, updated_at = ?, status = 'Running'"
             " WHERE instance_id = ?",
@@ -493,22 +468,19 @@ class DurableEngine:
             self._finish(db, inst, "Failed", dumps(error), failure=error)
         elif continue_as_new is not None:
             self._continue_as_new(db, inst, continue_as_new.raw.get("input"))
-        elif state and state.get("isDone"):
-            output = state.get("output")
+        elif result.is_done:
+            output = result.output
             db.execute("DELETE FROM inbox WHERE instance_id = ? AND execution_id = ?", (instance_id, execution_id))
             self._finish(db, inst, "Completed", dumps(output))
 
-    def _call_orchestrator(self, name: str, context: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    def _call_orchestrator(self, name: str, context: dict[str, Any]) -> EpisodeResult:
         fn = self.orchestrators.get(name)
         if fn is None:
-            return None, f"The orchestrator function '{name}' doesn't exist"
-        try:
-            result = fn.func(dumps(context))
-        except Exception as exc:
-            text = str(exc)
-            message = text.split(OUT_OF_PROC_MARKER, 1)[0].strip()
-            return None, f"Orchestrator function '{name}' failed: {message}"
-        return json.loads(result), None
+            return EpisodeResult(error=f"The orchestrator function '{name}' doesn't exist")
+        result = replay_episode(fn.func, context)
+        if result.error is not None:
+            return EpisodeResult(error=f"Orchestrator function '{name}' failed: {result.error}")
+        return result
 
     @staticmethod
     def _nondeterminism(recorded: list[Any], actions: list[Action]) -> str | None:
@@ -643,15 +615,22 @@ class DurableEngine:
     def _activity_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                item = self._lease_work()
-                if item is None:
+                if not self.run_next_activity():
                     with self._wake:
                         self._wake.wait(0.5)
-                    continue
-                self._run_activity(item)
             except Exception:
                 log.exception("activity loop error")
                 time.sleep(0.2)
+
+    def run_next_activity(self) -> bool:
+        """Lease the oldest pending activity and run it in this thread, its result posted to its instance; False
+        when none is pending. The worker threads call it in a loop; an engine not started can be stepped with it
+        and ``run_episode``."""
+        item = self._lease_work()
+        if item is None:
+            return False
+        self._run_activity(item)
+        return True
 
     def _lease_work(self) -> Any:
         now = self.clock()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools import bench
+from tools.bench.in_process_runs import in_process
+from tools.bench.report import derived, reading, rows
 
 
 def test_in_process_counts_and_splits_cpu_over_the_fakes() -> None:
-    result = bench.in_process(8, warmup=2, sample=True)
+    result = in_process(8, warmup=2, sample=True)
 
     assert result["tableRoundTrips"] == 6
     # the CPU inside the fakes is timed at the ports and kept apart from the project's own
@@ -21,7 +22,7 @@ def test_in_process_counts_and_splits_cpu_over_the_fakes() -> None:
 
 
 def _result() -> dict[str, Any]:
-    cpu = bench.in_process(4, warmup=1, sample=True)
+    cpu = in_process(4, warmup=1, sample=True)
     latency = {"rate": 100.0, "p50": 2.0, "p95": 4.0}
     return {
         "changes": 10,
@@ -50,8 +51,8 @@ def _result() -> dict[str, Any]:
 
 def test_report_gives_a_verdict_per_bar_and_explains_the_ratios() -> None:
     result = _result()
-    result["derived"] = bench.derived(result)
-    table = bench.rows(result)
+    result["derived"] = derived(result)
+    table = rows(result)
     verdicts = {name: ok for name, _value, bar, ok in table if bar}
 
     assert verdicts["Governed / direct"] == "**NOT met**"  # 20 / 500
@@ -61,5 +62,5 @@ def test_report_gives_a_verdict_per_bar_and_explains_the_ratios() -> None:
     assert result["derived"]["projectCpuMs"] == result["cpu"]["outsidePortsMedianMs"] + 1.0  # + the replay
     assert result["derived"]["cpuMsPerChange"]["runtime"] == 50  # 0.5 CPU-s over 10 changes
     assert round(result["derived"]["governedCeiling"]) == 32  # 2 cores / (50 + 12) ms
-    text = "\n".join(bench.reading(result))
+    text = "\n".join(reading(result))
     assert "cannot exceed about 32 changes/s" in text
