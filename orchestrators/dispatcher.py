@@ -1,7 +1,8 @@
 """Service Bus trigger: start ``writeback_orchestrator`` for a queued change, instance id = change id.
 
 A duplicate message, or a change whose orchestration already ran or runs, is a no-op. A message for an unknown
-change raises, so Service Bus redelivers it and finally dead-letters it (MaxDeliveryCountExceeded).
+change raises, so Service Bus redelivers it and finally dead-letters it (MaxDeliveryCountExceeded). When the start
+fails, the instance's status decides: an existing instance is success, no instance re-raises the start's error.
 """
 
 from __future__ import annotations
@@ -36,8 +37,21 @@ async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchest
                 "traceparent": current_traceparent(),
             }
             await client.start_new(ORCHESTRATOR_NAME, change_id, start)
-    except Exception as exc:
-        if "already exists" in str(exc):
-            log.info("change %s: orchestration already running", change_id)
+    except Exception:
+        # Judge a failed start by the instance, not by the error's text: an instance with this id (in any state)
+        # means the change was started (a duplicate start refused, or a start whose answer was lost); none means
+        # it was not, and the message must come back.
+        if await _instance_exists(client, change_id):
+            log.info("change %s: orchestration already started", change_id)
             return
         raise
+
+
+async def _instance_exists(client: df.DurableOrchestrationClient, instance_id: str) -> bool:
+    try:
+        status = await client.get_status(instance_id)
+    except Exception:
+        log.warning("instance %s: status unavailable after a failed start", instance_id, exc_info=True)
+        return False
+    # The SDK's status is falsy when the task hub has no such instance (the status API answers 404).
+    return bool(status)

@@ -2,11 +2,11 @@
 
 With its default settings, requests looks through the whole process environment on every request for proxy variables
 (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``, ...) and the CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``),
-and stats ``~/.netrc``: about 0.25 ms of CPU per Table request here, a fifth of a simple insert. The environment does
-not change while the app runs, so :class:`EnvironmentOnceTransport` asks requests for those settings once per scheme
-and host, and passes them explicitly afterwards: the same proxies (``NO_PROXY`` included) and the same CA bundle as
-before. The one difference is ``~/.netrc``, which is no longer read. The Storage clients sign every request
-themselves, so a netrc entry could only have replaced their ``Authorization`` header.
+and stats ``~/.netrc``, a noticeable share of the CPU of a small Table request. The environment does not change while
+the app runs, so :class:`EnvironmentOnceTransport` asks requests for those settings once per scheme and host and
+passes them explicitly on each request: the proxies (``NO_PROXY`` included) and the CA bundle that requests would
+have read. ``~/.netrc`` is not read: the Storage clients sign every request themselves, so a netrc entry could only
+replace their ``Authorization`` header.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""ApprovalNonceStore on Azure Table Storage: one row per used nonce (partition = change id, row = nonce).
+"""ApprovalNonceStore on Azure Table Storage: one row per used nonce (partition = nonce, empty row key).
 
-The insert that fails if the row exists is the atomic decision that a link is used once.
+The insert that fails if the row exists is the atomic decision that a link is used once. The key is the nonce
+alone, so a used nonce is refused whichever change it comes with; the change id is kept as a property.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class TableApprovalNonceStore:
         if expires_at.tzinfo is None:
             raise ValueError("expires_at must be timezone-aware")
         entity: dict[str, Any] = {
-            "PartitionKey": escape_key(change_id),
-            "RowKey": escape_key(nonce),
+            "PartitionKey": escape_key(nonce),
+            "RowKey": "",
+            "ChangeId": change_id,
             "ExpiresAt": expires_at,
         }
         try:

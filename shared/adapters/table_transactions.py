@@ -1,22 +1,21 @@
 """Entity-group transactions on Table Storage, without azure-core's heaviest multipart machinery.
 
-A ``TableClient.submit_transaction`` sends one multipart/mixed ``$batch`` request. azure-core (1.41) builds it with
-two costs that buy nothing for Table transactions (measured in ``docs/benchmarks-profile.md``):
+A ``TableClient.submit_transaction`` sends one multipart/mixed ``$batch`` request. azure-core (1.41) builds it in
+two ways that cost CPU and buy nothing for Table transactions (``docs/benchmarks-profile.md`` profiles them):
 
 - it runs the per-part policies of every multipart request, and of every multipart response, by mapping them over a
-  brand-new ``ThreadPoolExecutor``: three pools and a thread start per part for each transaction, ~2 ms of CPU and
-  much GIL churn under concurrency. The only per-part policy the Tables SDK installs is ``StorageHeadersPolicy``
-  (it stamps ``x-ms-date`` on each part; nothing on the response). Here the same policies run inline, in the calling
+  new ``ThreadPoolExecutor`` each time: three pools and a thread start per part for each transaction, which contend
+  for the GIL under concurrency. The only per-part policy the Tables SDK installs is ``StorageHeadersPolicy`` (it
+  stamps ``x-ms-date`` on each part; nothing on the response). Here the same policies run inline, in the calling
   thread, in part order, with the same exceptions.
-- it assembles the body with the ``email`` package (a ``Message`` per part, then a MIME generator), ~1.1 ms per
-  transaction. Here the body is joined directly from the parts that the SDK serialises itself
-  (``HttpRequest.serialize``), byte for byte what the ``email`` path produces — a test compares the two on every
-  shape of transaction the adapters send. Only parts whose bytes the MIME generator would pass through unchanged
-  (ASCII, every line break ``CRLF``) take this path; for anything else the SDK's own assembly runs.
+- it assembles the body with the ``email`` package (a ``Message`` per part, then a MIME generator). Here the body is
+  joined directly from the parts that the SDK serialises itself (``HttpRequest.serialize``), byte for byte what the
+  ``email`` path produces; a test compares the two on every shape of transaction the adapters send. Only parts whose
+  bytes the MIME generator would pass through unchanged (ASCII, every line break ``CRLF``) take this path; for
+  anything else the SDK's own assembly runs.
 
-Nothing else changes, responses are parsed by the SDK. The replacements are installed once per process, and only
-while azure-core still has the hooks with the shapes read here; if a future azure-core renames them, the SDK's own
-behaviour is kept.
+Everything else is the SDK's: it parses the responses. The replacements are installed once per process, and only
+while azure-core has the hooks with the shapes checked here; when it does not, the SDK's own behaviour is kept.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class ApprovalLinkClaims:
 
 class ApprovalNonceStore(Protocol):
     def use(self, nonce: str, change_id: str, expires_at: datetime) -> None:
-        """Record the nonce as used; raises AlreadyExistsError if it was used before (insert-if-absent)."""
+        """Record the nonce as used; AlreadyExistsError if it was used before, with any change (insert-if-absent)."""
         ...
 
     def purge_expired(self, now: datetime) -> int:

@@ -235,11 +235,8 @@ class FhirWriter:
         version = (
             parse_etag((first.get("response") or {}).get("etag")) or _version_of(written) or _history_version(location)
         )
-        calls = 1
-        if written is None:
-            resource_id = _id_from_location(location, rtype) or plan.resource_id
-            got = self.client.read(rtype, resource_id) if resource_id else None
-            written, calls = (got.resource if got else None), calls + 1
+        written, reads = self._read_back(rtype, written, location, plan.resource_id)
+        calls = 1 + reads
         prov_location = (second.get("response") or {}).get("location")
         return WriteOutcome(
             version_id=version,
@@ -270,13 +267,8 @@ class FhirWriter:
             response = self._write_resource(record, plan, resource, patch_ops)
         except ConflictError:
             return self._already_applied(record, plan, calls=1)
-        calls = 1
-        written = response.resource
-        if written is None:
-            resource_id = _id_from_location(response.location, rtype) or plan.resource_id
-            if resource_id:
-                written = self.client.read(rtype, resource_id).resource
-                calls += 1
+        written, reads = self._read_back(rtype, response.resource, response.location, plan.resource_id)
+        calls = 1 + reads
         resource_id = (written or {}).get("id") or _id_from_location(response.location, rtype) or plan.resource_id
         version = response.version_id or _version_of(written)
         provenance_ref = None
@@ -324,6 +316,21 @@ class FhirWriter:
                 plan.resource_type, plan.resource_id, [*patch_ops, tag_op], if_match=plan.current_version
             )
         return self.client.update(resource, if_match=plan.current_version)
+
+    def _read_back(
+        self, rtype: str, written: dict[str, Any] | None, location: str | None, planned_id: str | None
+    ) -> tuple[dict[str, Any] | None, int]:
+        """The written resource and the reads it took: the write's answer, else read back from the target.
+
+        A target may answer a write without a body (no ``Prefer: return=representation``); the resource is then
+        read by the id in ``location``, else the planned id. With neither, there is nothing to read.
+        """
+        if written is not None:
+            return written, 0
+        resource_id = _id_from_location(location, rtype) or planned_id
+        if not resource_id:
+            return None, 0
+        return self.client.read(rtype, resource_id).resource, 1
 
     # -- a repeated write -----------------------------------------------------------------------------------
 

@@ -51,9 +51,16 @@ def test_approve_and_reject_links_have_their_own_nonces(store: ApprovalNonceStor
             store.use(c.nonce, c.change_id, c.expires_at)
 
 
-def test_nonces_are_scoped_by_change(store: ApprovalNonceStore) -> None:
+def test_a_used_nonce_is_refused_on_any_change(store: ApprovalNonceStore) -> None:
     store.use("nonce-0002", "change-a", EXPIRES)
-    store.use("nonce-0002", "change-b", EXPIRES)
+    with pytest.raises(AlreadyExistsError):
+        store.use("nonce-0002", "change-a", EXPIRES)
+    with pytest.raises(AlreadyExistsError):
+        store.use("nonce-0002", "change-b", EXPIRES)
+    # The refusals recorded nothing: another nonce on either change is still accepted once.
+    store.use("nonce-0003", "change-b", EXPIRES)
+    with pytest.raises(AlreadyExistsError):
+        store.use("nonce-0003", "change-a", EXPIRES)
 
 
 @pytest.mark.parametrize(("change_id", "nonce"), [("a/b#c?d\\e", "n%2F-0003"), ("tab\there", "nul\x00x-long")])

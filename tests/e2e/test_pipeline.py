@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import AUDIT, Gateway
+from tests.e2e.test_approvals import decide, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -63,20 +64,57 @@ def test_update_goes_from_202_to_completed_with_version_provenance_and_lineage(
     assert history_total(gateway, ref) == 2
 
 
-def test_patch_with_if_match(gateway: Gateway, patient: dict[str, Any]) -> None:
-    body = {
+def _patch(patient: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "target": "local-ehr",
         "operation": "patch",
         "resourceRef": f"Patient/{patient['id']}",
-        "patch": [{"op": "replace", "path": "/telecom/0/value", "value": "555-0142"}],
+        "patch": ops,
         "baseVersion": f'W/"{patient["meta"]["versionId"]}"',
     }
-    change_id = gateway.submit(body).json()["changeId"]
-    done = gateway.wait(change_id)
+
+
+def _versions(gateway: Gateway, ref: str) -> list[dict[str, Any]]:
+    """The stored versions of ``ref``, newest first."""
+    return [e["resource"] for e in gateway.fhir(f"{ref}/_history").json().get("entry", [])]
+
+
+def test_patch_with_if_match(gateway: Gateway, fhir_server: Any, patient: dict[str, Any]) -> None:
+    ref = f"Patient/{patient['id']}"
+    planned = patient["meta"]["versionId"]
+    # Nothing changes between plan and write: the write succeeds on the planned version, which it directly follows.
+    resp = gateway.submit(_patch(patient, [{"op": "replace", "path": "/telecom/0/value", "value": "555-0142"}]))
+    assert resp.status_code == 202, resp.text
+    done = gateway.wait(resp.json()["changeId"])
     assert done["status"] == "completed", done
-    stored = gateway.fhir(f"Patient/{patient['id']}").json()
+    stored = gateway.fhir(ref).json()
     assert stored["telecom"][0]["value"] == "555-0142"
     assert stored["meta"]["versionId"] == done["result"]["versionId"]
+    assert [v["meta"]["versionId"] for v in _versions(gateway, ref)][1:] == [planned]
+
+    # A name patch waits for approval after it is planned; someone else changes the name before the write. The
+    # write carries If-Match with the version it planned on, so the FHIR server refuses it (412) and the overlap
+    # ends as a conflict; a write without If-Match would overwrite the other change.
+    patient = gateway.fhir(ref).json()
+    planned = patient["meta"]["versionId"]
+    resp = gateway.submit(_patch(patient, [{"op": "replace", "path": "/name/0/family", "value": "Renamed"}]))
+    assert resp.status_code == 202, resp.text
+    change_id = resp.json()["changeId"]
+    waiting = wait_status(gateway, change_id, "awaiting_approval")
+    assert waiting["approval"]["paths"] == ["Patient.name"]
+    concurrent = {k: v for k, v in patient.items() if k != "meta"} | {"name": [{"family": "Elsewhere"}]}
+    assert gateway.fhir_put(concurrent).status_code == 200
+    theirs = gateway.fhir(ref).json()["meta"]["versionId"]
+    assert theirs != planned
+    fhir_server.reset_stats()
+    assert decide(gateway, change_id, "approve").status_code == 202
+    done = gateway.wait(change_id)
+    assert done["status"] == "conflict", done
+    assert done["plan"]["conflict"]["overlap"] == ["Patient.name"]
+    assert fhir_server.stats()["byStatus"].get("412") == 1
+    versions = _versions(gateway, ref)
+    assert versions[0]["name"] == [{"family": "Elsewhere"}] and versions[0]["meta"]["versionId"] == theirs
+    assert not any({"system": CHANGE_TAG, "code": change_id} in v["meta"].get("tag", []) for v in versions)
 
 
 def test_create_vital_sign(gateway: Gateway, patient: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """Ports picked for local services: never in the kernel's ephemeral range, never one that is already bound.
 
-A CI run failed because Azurite's queue port, chosen with ``bind(0)``, was taken by an outbound connection before
-Azurite listened on it (``EADDRINUSE``). Ports from the ephemeral range can be taken that way at any moment.
+A port from the kernel's ephemeral range (what ``bind(0)`` hands out) can be taken at any moment by an outbound
+connection's local end, between picking it and the service listening on it (``EADDRINUSE``); so ports are picked
+above that range, and each is checked to be bindable.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def test_picked_ports_are_outside_the_ephemeral_range() -> None:
 
 
 def test_a_port_held_by_a_connected_client_socket_is_not_bindable() -> None:
-    """What happened in CI: a client socket owns the local port, nothing listens on it."""
+    """A connected client socket owns its local port although nothing listens on it: that port is taken."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
