@@ -79,9 +79,9 @@ def writeback_orchestrator(context: df.DurableOrchestrationContext) -> Generator
     start = context.get_input()
     change_id = str(start["changeId"])
     trace = start.get("traceparent")
-    deadline = context.current_utc_datetime + timedelta(
-        seconds=float(start.get("retryDeadlineSeconds", DEFAULT_RETRY_DEADLINE.total_seconds()))
-    )
+    # The retry deadline bounds the waits of one phase: time spent awaiting a person does not use it up.
+    retry_window = timedelta(seconds=float(start.get("retryDeadlineSeconds", DEFAULT_RETRY_DEADLINE.total_seconds())))
+    deadline = context.current_utc_datetime + retry_window
     context.set_custom_status({"changeId": change_id, "step": "prepare"})
     try:
         result = yield from _with_waits(context, prepare_change, change_id, deadline, trace)
@@ -92,6 +92,7 @@ def writeback_orchestrator(context: df.DurableOrchestrationContext) -> Generator
                     notify_approvers, RETRY, {"changeId": change_id, "kind": "approval-requested"}
                 )
             result = yield from _wait_for_approval(context, change_id, result)
+            deadline = context.current_utc_datetime + retry_window
         if result["status"] == "writing":
             context.set_custom_status({"changeId": change_id, "step": "write"})
             result = yield from _with_waits(context, write_change, change_id, deadline, trace)

@@ -362,7 +362,9 @@ class ChangePipeline:
                         conflict_exc,
                         plan={**(record.plan or {}), "conflict": conflict},
                     )
-                except ConflictError as cannot:
+                except (ConflictError, NotFoundError):
+                    # The target no longer returns the version the plan read (or the resource): a human decides.
+                    cannot = ConflictError(detail="the target changed and cannot return the version the plan read")
                     return self._end(record, ChangeStatus.CONFLICT, merges, cannot)
                 merges.append(
                     Step(

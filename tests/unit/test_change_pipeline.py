@@ -26,7 +26,7 @@ from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
 from shared.app.operations import OperationsService
 from shared.app.pipeline import ChangePipeline
-from shared.core.errors import DownstreamNotFoundError, NotFoundError, RetryableError
+from shared.core.errors import NotFoundError, RetryableError
 from shared.core.models import LineageEvent, Principal
 from shared.core.policy import Policy
 from shared.core.targets import TargetConfig, TargetRegistry
@@ -506,14 +506,6 @@ def test_a_412_at_a_target_without_vread_is_a_conflict_for_a_human() -> None:
     assert gw.wire(change_id)["error"]["type"] == "urn:writeback:problem:version-conflict"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DownstreamNotFoundError,
-    reason="shared/app/pipeline.py:351 — _merge_on_conflict runs inside `except ConflictError`, so a 404 from its "
-    "read/vread escapes the sibling `except (PermanentError, AuthError, NotFoundError)` and the step raises instead "
-    "of ending the change (the activity is retried 5 times, then fail_change records a misleading 'Retries "
-    "exhausted'); prepare treats the same vread 404 as 'cannot merge' (conflict)",
-)
 def test_a_412_when_the_target_lost_the_planned_version_ends_in_conflict(gw: Gateway) -> None:
     change_id = writing(gw)
     gw.downstream_update(gender="other")

@@ -423,13 +423,6 @@ def test_a_step_answering_retry_fails_when_the_wait_would_pass_the_retry_deadlin
     assert run.output == state("failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orchestrators/writeback_orchestrator.py:82 — the retry deadline is fixed when the orchestration starts "
-    "and shared by prepare and write, so the time spent awaiting approval uses it up: a change approved after "
-    "WRITEBACK_RETRY_DEADLINE_MINUTES (60 by default, approvals default to 72 h) fails on the first 429/503 of "
-    "its write without a single wait",
-)
 def test_a_change_approved_after_the_retry_deadline_still_waits_for_a_throttled_target() -> None:
     run = Orchestration().complete(waiting(timedelta(hours=72)))
     approved_at = START + timedelta(hours=2)

@@ -62,13 +62,13 @@ def cpu_of(groups: dict[str, int], into: dict[str, Any]) -> Iterator[None]:
 
 
 SPLIT_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("validation", ("shared/core/fhir_validation.py", "/fhir/resources/")),
+    ("validation", ("shared/core/fhir_validation/", "/fhir/resources/")),
     (
         "policy and diff",
-        ("shared/core/planning.py", "shared/core/policy.py", "/jsonpatch", "/jsonpointer", "/fhirpathpy/"),
+        ("shared/core/planning.py", "shared/core/policy/", "/jsonpatch", "/jsonpointer", "/fhirpathpy/"),
     ),
     ("the fakes (not the project's)", ("shared/fakes/",)),
-    ("serialisation", ("/json/", "/pydantic/", "/pydantic_core/", "shared/table_codec.py")),
+    ("serialisation", ("/json/", "/pydantic/", "/pydantic_core/", "shared/adapters/table_codec.py")),
 ]
 
 

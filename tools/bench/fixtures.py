@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +25,10 @@ from shared.api.caller_identity import ROLE_SUBMIT
 from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
 from shared.app.pipeline import ChangePipeline
+from shared.bootstrap import build
+from shared.config import Settings
 from shared.core.models import Principal
-from shared.core.policy import Policy
-from shared.core.targets import TargetRegistry
+from shared.core.targets import TargetConfig, TargetRegistry
 from shared.fakes.counting import CountingProxy
 from shared.fakes.fhir import FakeFhirClient
 from shared.fakes.messages import FakeMessagePublisher
@@ -96,7 +96,7 @@ def build_in_process_services(
     tables: TableServiceClient | None = None, *, prefix: str = "benchcpu"
 ) -> InProcessServices:
     """The services of the in-process runs: over the fakes, or over the real Table adapters when ``tables`` is given
-    (tables named with ``prefix``, created if missing). The one place the benchmark wires services by hand."""
+    (tables named with ``prefix``, created if missing), wired by the gateway's composition root."""
     targets = TargetRegistry.from_file(REPO_ROOT / "config" / "targets.yaml", {})
     calls: Counter[str] = Counter()
     change_store: Any = FakeChangeStore()
@@ -108,30 +108,31 @@ def build_in_process_services(
         sweep_state = TableSweepState(tables, prefix=prefix)
         for store in (change_store, idempotency_store, sweep_state):
             store.ensure_tables()
+    services: InProcessServices | None = None
+
+    def fhir(_: TargetConfig) -> Any:
+        # the FHIR server in use when the pipeline asks for a client
+        assert services is not None
+        return CountingProxy(services.fhir, Counter(), "fhir", spent=others)
+
     # CPU seconds inside the ports: the storage ports (fakes, or the real Table adapters), and the other fakes
     stores: list[float] = [0.0]
     others: list[float] = [0.0]
-    journal = ChangeJournal(CountingProxy(change_store, calls, "changes", spent=stores))
-    payloads: Any = CountingProxy(FakePayloadStore(), Counter(), "payloads", spent=stores)
-    intake = IntakeService(
-        idempotency=CountingProxy(idempotency_store, calls, "idempotency", spent=stores),
-        journal=journal,
-        payloads=payloads,
-        publisher=CountingProxy(FakeMessagePublisher(), Counter(), "publisher", spent=others),
+    gateway = build(
+        Settings(
+            targets_file=REPO_ROOT / "config" / "targets.yaml",
+            policy_file=REPO_ROOT / "config" / "policy.yaml",
+            max_body_bytes=1_048_576,
+        ),
         targets=targets,
-        max_body_bytes=1_048_576,
-        retention=timedelta(hours=72),
+        change_store=CountingProxy(change_store, calls, "changes", spent=stores),
+        idempotency_store=CountingProxy(idempotency_store, calls, "idempotency", spent=stores),
         sweep_state=CountingProxy(sweep_state, calls, "sweep", spent=stores),
-        sweep_grace=timedelta(minutes=15),
+        payload_store=CountingProxy(FakePayloadStore(), Counter(), "payloads", spent=stores),
+        publisher=CountingProxy(FakeMessagePublisher(), Counter(), "publisher", spent=others),
+        fhir=fhir,
     )
-    pipeline = ChangePipeline(
-        journal=journal,
-        payloads=payloads,
-        targets=targets,
-        policy=Policy.from_file(REPO_ROOT / "config" / "policy.yaml"),
-        # the FHIR server in use when the pipeline asks for a client (``services`` is bound below)
-        fhir=lambda _: CountingProxy(services.fhir, Counter(), "fhir", spent=others),
-    )
+    intake, journal, pipeline = gateway.intake, gateway.journal, gateway.pipeline
     services = InProcessServices(intake, journal, pipeline, calls, stores, others, FakeFhirClient())
     return services
 
