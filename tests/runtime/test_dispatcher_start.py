@@ -32,8 +32,9 @@ from devhost.servicebus import LocalServiceBus
 from devhost.servicebus_trigger import ServiceBusTriggerPump
 from shared import bootstrap
 from shared.app.journal import ChangeJournal, Step
-from shared.core.models import ChangeMessage, ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
+from shared.core.models import ChangeMessage, ChangeStatus
 from shared.fakes.stores import FakeChangeStore
+from tests.records import a_change_record
 from tools.services.process import REPO_ROOT
 
 QUEUE = "dispatch-test-changes"
@@ -114,10 +115,10 @@ def api(engine: DurableEngine) -> Iterator[tuple[DurableApi, ServerHandle]]:
 
 @pytest.fixture
 def journal(monkeypatch: pytest.MonkeyPatch) -> ChangeJournal:
-    journal = ChangeJournal(FakeChangeStore())
-    monkeypatch.setattr(bootstrap, "journal", lambda: journal)
     monkeypatch.setenv("WRITEBACK_QUEUE_NAME", QUEUE)
-    return journal
+    gateway = bootstrap.build(change_store=FakeChangeStore())
+    monkeypatch.setattr(bootstrap, "gateway", lambda: gateway)
+    return gateway.journal
 
 
 @pytest.fixture
@@ -127,19 +128,7 @@ def bus(tmp_path: Path) -> Iterator[LocalServiceBus]:
 
 
 def accepted(journal: ChangeJournal, change_id: str) -> None:
-    record = ChangeRecord(
-        change_id=change_id,
-        status=ChangeStatus.ACCEPTED,
-        target="local-ehr",
-        operation=Operation.UPDATE,
-        resource_type="Patient",
-        resource_id="p1",
-        requested_by=Principal(app_id="crm", user_id="u1"),
-        submitted_at=NOW,
-        updated_at=NOW,
-        request_hash="0" * 64,
-        payload=PayloadRef(kind="inline", sha256="0" * 64, size=2, inline="{}"),
-    )
+    record = a_change_record(change_id, target="local-ehr", status=ChangeStatus.ACCEPTED, at=NOW)
     journal.open(record, Step("accepted"))
 
 

@@ -16,9 +16,10 @@ from shared.api.caller_identity import encode_easyauth_principal
 from shared.app.journal import Step
 from shared.bootstrap import Gateway, build
 from shared.config import Settings
-from shared.core.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
+from shared.core.models import ChangeStatus
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeSweepState
+from tests.records import a_change_record
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -37,19 +38,7 @@ def gateway() -> Gateway:
 
 
 def in_conflict(gateway: Gateway, change_id: str) -> None:
-    record = ChangeRecord(
-        change_id=change_id,
-        status=ChangeStatus.ACCEPTED,
-        target="local-ehr",
-        operation=Operation.UPDATE,
-        resource_type="Patient",
-        resource_id="p1",
-        requested_by=Principal(app_id="crm", user_id="u1"),
-        submitted_at=NOW,
-        updated_at=NOW,
-        request_hash="0" * 64,
-        payload=PayloadRef(kind="inline", sha256="0" * 64, size=2, inline="{}"),
-    )
+    record = a_change_record(change_id, target="local-ehr", status=ChangeStatus.ACCEPTED, at=NOW)
     opened = gateway.journal.open(record, Step("accepted"))
     gateway.journal.record(opened, [Step("conflict")], status=ChangeStatus.CONFLICT)
 

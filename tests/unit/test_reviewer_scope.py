@@ -10,9 +10,10 @@ from shared.api.access import Access
 from shared.api.caller_identity import Authenticator, encode_easyauth_principal
 from shared.api.changes_api import ChangesApi
 from shared.app.journal import ChangeJournal, Step
-from shared.core.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
+from shared.core.models import ChangeRecord, ChangeStatus
 from shared.core.policy import Policy
 from shared.fakes.stores import FakeChangeStore
+from tests.records import a_change_record
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 POLICY = """
@@ -32,19 +33,7 @@ reviewers:
 
 
 def record(change_id: str, target: str) -> ChangeRecord:
-    return ChangeRecord(
-        change_id=change_id,
-        status=ChangeStatus.COMPLETED,
-        target=target,
-        operation=Operation.UPDATE,
-        resource_type="Patient",
-        resource_id="p1",
-        requested_by=Principal(app_id="crm", user_id="u1"),
-        submitted_at=NOW,
-        updated_at=NOW,
-        request_hash="0" * 64,
-        payload=PayloadRef(kind="inline", sha256="0" * 64, size=2, inline="{}"),
-    )
+    return a_change_record(change_id, target=target, status=ChangeStatus.COMPLETED, at=NOW)
 
 
 @pytest.fixture
