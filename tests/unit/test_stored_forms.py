@@ -12,13 +12,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared.app.intake import IntakeService
-from shared.app.journal import ChangeJournal
-from shared.app.pipeline import ChangePipeline
+from shared.bootstrap import Gateway, build
+from shared.config import Settings
 from shared.core.canonical import canonical_hash
 from shared.core.models import IdempotencyRecord, Principal
-from shared.core.policy import Policy
-from shared.core.targets import TargetRegistry
 from shared.fakes.fhir import FakeFhirClient
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
@@ -39,26 +36,24 @@ BODY = json.dumps(
 FINGERPRINT_STORED_BEFORE = "571c701d4103d6d213ca24167dae791843395dd6a6fc304a5f231b2ac7d89d59"
 
 
-def intake_over(
-    idempotency: FakeIdempotencyStore, changes: FakeChangeStore, payloads: FakePayloadStore
-) -> IntakeService:
-    return IntakeService(
-        idempotency=idempotency,
-        journal=ChangeJournal(changes, clock=lambda: NOW),
-        payloads=payloads,
+def gateway_over(
+    idempotency: FakeIdempotencyStore, changes: FakeChangeStore, fhir: FakeFhirClient | None = None
+) -> Gateway:
+    return build(
+        Settings(targets_file=REPO / "config" / "targets.yaml", policy_file=REPO / "config" / "policy.yaml"),
+        idempotency_store=idempotency,
+        change_store=changes,
+        payload_store=FakePayloadStore(),
         publisher=FakeMessagePublisher(),
-        targets=TargetRegistry.from_file(REPO / "config" / "targets.yaml", {}),
-        max_body_bytes=10_000,
-        retention=timedelta(hours=72),
         sweep_state=FakeSweepState(),
-        sweep_grace=timedelta(minutes=15),
+        fhir=lambda _: fhir,
         clock=lambda: NOW,
     )
 
 
 def test_a_key_stored_by_the_previous_release_still_replays() -> None:
     idempotency, changes = FakeIdempotencyStore(), FakeChangeStore()
-    intake = intake_over(idempotency, changes, FakePayloadStore())
+    intake = gateway_over(idempotency, changes).intake
     first = intake.submit(CRM, "fresh", BODY)
     idempotency.claim(
         IdempotencyRecord(
@@ -80,7 +75,7 @@ def test_a_key_stored_by_the_previous_release_still_replays() -> None:
 
 def test_the_accepted_event_names_the_caller_as_every_other_event_does() -> None:
     changes = FakeChangeStore()
-    accepted = intake_over(FakeIdempotencyStore(), changes, FakePayloadStore()).submit(CRM, "k", BODY)
+    accepted = gateway_over(FakeIdempotencyStore(), changes).intake.submit(CRM, "k", BODY)
 
     events = changes.lineage(accepted.change.change_id)
 
@@ -90,21 +85,13 @@ def test_the_accepted_event_names_the_caller_as_every_other_event_does() -> None
 
 
 def test_the_diff_hash_is_the_canonical_hash_of_the_diff() -> None:
-    idempotency, changes, payloads = FakeIdempotencyStore(), FakeChangeStore(), FakePayloadStore()
     fhir = FakeFhirClient()
     fhir.update({"resourceType": "Patient", "id": "p1", "name": [{"given": ["Zoe"]}]})
-    change_id = intake_over(idempotency, changes, payloads).submit(CRM, "k", BODY).change.change_id
-    targets = TargetRegistry.from_file(REPO / "config" / "targets.yaml", {})
-    pipeline = ChangePipeline(
-        journal=ChangeJournal(changes, clock=lambda: NOW),
-        payloads=payloads,
-        targets=targets,
-        policy=Policy.from_file(REPO / "config" / "policy.yaml"),
-        fhir=lambda _: fhir,
-        clock=lambda: NOW,
-    )
+    changes = FakeChangeStore()
+    gateway = gateway_over(FakeIdempotencyStore(), changes, fhir)
+    change_id = gateway.intake.submit(CRM, "k", BODY).change.change_id
 
-    pipeline.prepare(change_id)
+    gateway.pipeline.prepare(change_id)
 
     record = changes.get(change_id)
     assert record is not None
