@@ -72,10 +72,10 @@ from shared.core.models import (
     ChangeStatus,
     LineageEvent,
     Operation,
-    PayloadRef,
     Principal,
     ResourceChange,
 )
+from shared.core.record_parts import PayloadRef
 from shared.core.targets import TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeIdempotencyStore, FakePayloadStore

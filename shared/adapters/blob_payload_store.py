@@ -9,7 +9,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
 from shared.core.errors import NotFoundError
-from shared.core.models import PayloadRef
+from shared.core.record_parts import PayloadRef
 
 
 def blob_name_for(change_id: str, name: str = "request") -> str:

@@ -69,7 +69,7 @@ def record_entity(record: ChangeRecord) -> dict[str, Any]:
         "ResourceType": record.resource_type,
         "SubmittedAt": record.submitted_at,
         "UpdatedAt": record.updated_at,
-        **({"Verified": bool(record.result["verified"])} if record.result and "verified" in record.result else {}),
+        **({"Verified": record.result.verified} if record.result and record.result.verified is not None else {}),
         **pack_json(record.model_dump(mode="json", by_alias=True, exclude_none=True)),
     }
 
@@ -88,7 +88,7 @@ def event_entity(event: LineageEvent) -> dict[str, Any]:
 def queues_of(record: ChangeRecord) -> list[str]:
     """The queue index partitions a record in this state belongs to."""
     queues = [record.status.value] if record.status in QUEUE_STATUSES else []
-    if record.status is ChangeStatus.COMPLETED and record.result and record.result.get("verified") is False:
+    if record.status is ChangeStatus.COMPLETED and record.result and record.result.verified is False:
         queues.append(DRIFTED_QUEUE)
     return queues
 
@@ -118,7 +118,7 @@ def record_matches(
         return False
     if resource_type is not None and record.resource_type != resource_type:
         return False
-    if verified is not None and (record.result is None or record.result.get("verified") is not verified):
+    if verified is not None and (record.result is None or record.result.verified is not verified):
         return False
     return change_ids is None or change_ids[0] <= record.change_id < change_ids[1]
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from shared.core.links import change_links
 from shared.core.models import ChangeRecord, LineageEvent
+from shared.core.record_parts import StoredPart
 
 
 def status_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:
@@ -20,14 +21,18 @@ def status_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:
         "submittedAt": record.submitted_at.isoformat(),
         "updatedAt": record.updated_at.isoformat(),
         "dryRun": record.dry_run,
-        "plan": record.plan,
-        "approval": record.approval,
-        "result": record.result,
-        "error": record.error,
-        "resolution": record.resolution,
+        "plan": _part(record.plan),
+        "approval": _part(record.approval),
+        "result": _part(record.result),
+        "error": _part(record.error),
+        "resolution": _part(record.resolution),
         "links": change_links(base_url, record.change_id),
     }
     return {k: v for k, v in body.items() if v is not None}
+
+
+def _part(part: StoredPart | None) -> dict[str, Any] | None:
+    return part.to_record() if part is not None else None
 
 
 def accepted_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from shared.app.approval_links import ApprovalLinkSigner
@@ -26,8 +25,9 @@ class ApprovalNotices:
         record = self.journal.load(change_id)
         if record.status is not ChangeStatus.AWAITING_APPROVAL:
             return {"changeId": change_id, "status": record.status.value, "notified": False}
-        expires_at = datetime.fromisoformat(str((record.approval or {})["expiresAt"]))
-        links = self.signer.callback_urls(self.base_url, change_id, expires_at)
+        if record.approval is None or record.approval.expires_at is None:
+            raise ValueError("an approval notification needs the approval deadline (approval.expiresAt)")
+        links = self.signer.callback_urls(self.base_url, change_id, record.approval.expires_at)
         payload = build_notification(
             record,
             kind="approval-reminder" if kind == "approval-reminder" else "approval-requested",

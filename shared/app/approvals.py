@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 from shared.app.journal import ChangeJournal, Step, utcnow
 from shared.core.errors import ForbiddenError, StateConflictError
 from shared.core.models import ChangeRecord, ChangeStatus, Principal
-from shared.core.problems import problem_body
+from shared.core.record_parts import ApprovalState, StoredProblem
 
 Decision = Literal["approve", "reject"]
 
@@ -88,27 +88,28 @@ class ApprovalService:
     def decide(self, change_id: str, decision: Decision, approver: Approver, comment: str | None) -> ChangeRecord:
         record = self.journal.load(change_id, fresh=True)
         wanted = "approved" if decision == "approve" else "rejected"
-        approval = record.approval or {}
+        approval = record.approval or ApprovalState()
         if record.status is not ChangeStatus.AWAITING_APPROVAL:
-            if approval.get("decidedBy") == approver.id and approval.get("decision") == wanted:
+            if approval.decided_by == approver.id and approval.decision == wanted:
                 return record
             raise StateConflictError(f"The change is {record.status.value}, not awaiting approval")
         if approver.id == requester_id(record):
             raise SelfApprovalError("An approver must be someone other than the requester")
-        decided = {
-            **approval,
-            "decision": wanted,
-            "decidedBy": approver.id,
-            "decidedByName": approver.name,
-            "decidedAt": self._clock().isoformat(),
-            "via": approver.via,
-            "comment": comment,
-        }
+        decided = approval.model_copy(
+            update={
+                "decision": wanted,
+                "decided_by": approver.id,
+                "decided_by_name": approver.name,
+                "decided_at": self._clock(),
+                "via": approver.via,
+                "comment": comment,
+            }
+        )
         details = {"approver": approver.id, "via": approver.via, "commentHash": _comment_hash(comment)}
         if decision == "approve":
             steps = [Step("approved", details, actor=approver.id), Step("writing", {})]
             return self.journal.record(record, steps, status=ChangeStatus.WRITING, approval=decided)
-        error = problem_body(RejectedByApproverError("An approver rejected this change"))
+        error = StoredProblem.of(RejectedByApproverError("An approver rejected this change"))
         return self.journal.record(
             record,
             [Step("rejected", details, actor=approver.id)],
@@ -128,12 +129,9 @@ class ApprovalService:
                 f"The change is {record.status.value}; only a change awaiting approval can be cancelled"
             )
         actor = principal.actor
-        approval = {
-            **(record.approval or {}),
-            "decision": "cancelled",
-            "decidedBy": actor,
-            "decidedAt": self._clock().isoformat(),
-        }
+        approval = (record.approval or ApprovalState()).model_copy(
+            update={"decision": "cancelled", "decided_by": actor, "decided_at": self._clock()}
+        )
         return self.journal.record(
             record, [Step("cancelled", {"by": actor}, actor=actor)], status=ChangeStatus.CANCELLED, approval=approval
         )

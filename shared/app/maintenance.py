@@ -13,7 +13,7 @@ from shared.core.change_ids import change_id_floor, change_id_time
 from shared.core.errors import ConcurrencyError, WritebackError
 from shared.core.models import ChangeMessage, ChangeRecord, ChangeStatus
 from shared.core.ports import ApprovalNonceStore, IdempotencyStore, SweepState
-from shared.core.problems import problem_body
+from shared.core.record_parts import StoredProblem
 
 
 def purge_idempotency_keys(store: IdempotencyStore, now: datetime | None = None) -> int:
@@ -161,7 +161,7 @@ class OutboxSweeper:
                 record,
                 [Step("failed", {"code": "not-dispatched"})],
                 status=ChangeStatus.FAILED,
-                error=problem_body(NotDispatchedError()),
+                error=StoredProblem.of(NotDispatchedError()),
             )
         except ConcurrencyError:
             return True  # it moved meanwhile: it was picked up after all

@@ -7,7 +7,6 @@ callback links; it never carries a value from the resource or the diff.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any, Literal
 
 from shared.core.models import ChangeRecord
@@ -30,21 +29,19 @@ def build_notification(
     plan = record.plan
     if plan is None:
         raise ValueError("an approval notification needs the change's plan")
-    expires_at = (record.approval or {}).get("expiresAt")
-    if isinstance(expires_at, datetime):
-        expires_at = expires_at.isoformat()
-    if not isinstance(expires_at, str) or not expires_at:
+    if record.approval is None or record.approval.expires_at is None:
         raise ValueError("an approval notification needs the approval deadline (approval.expiresAt)")
+    expires_at = record.approval.expires_at.isoformat()
     if not isinstance(links.get("approve"), str) or not isinstance(links.get("reject"), str):
         raise ValueError("an approval notification needs both the approve and the reject link")
 
     reasons = [
         {"path": item["path"], "rule": item["rule"]}
-        for item in plan.get("reasons") or []
-        if isinstance(item, Mapping) and isinstance(item.get("path"), str) and isinstance(item.get("rule"), str)
+        for item in plan.reasons
+        if isinstance(item.get("path"), str) and isinstance(item.get("rule"), str)
     ]
-    changed_paths = [p for p in plan.get("changedPaths") or [] if isinstance(p, str)]
-    policy_version = plan.get("policyVersion")
+    changed_paths = plan.changed_paths
+    policy_version = plan.policy_version
     return {
         "kind": kind,
         "changeId": record.change_id,

@@ -12,12 +12,13 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from shared.app.journal import ChangeJournal, Step, utcnow
 from shared.core.errors import ConcurrencyError, StateConflictError, WritebackError
 from shared.core.models import ChangeMessage, ChangeRecord, ChangeStatus
 from shared.core.ports import MessagePublisher, SweepState
+from shared.core.record_parts import Resolution
 
 
 def _comment_hash(comment: str | None) -> dict[str, str]:
@@ -37,7 +38,7 @@ class ReplayFilter:
     until: datetime | None = None
 
     def matches(self, record: ChangeRecord) -> bool:
-        if self.error_code and not str((record.error or {}).get("type", "")).endswith(self.error_code):
+        if self.error_code and not (record.error and record.error.code.endswith(self.error_code)):
             return False
         if self.since and record.updated_at < self.since:
             return False
@@ -107,11 +108,11 @@ class OperationsService:
             **self._resolution("discard", actor, comment),
         )
 
-    def _resolution(self, action: str, actor: str, comment: str | None) -> dict[str, Any]:
+    def _resolution(self, action: Literal["replan", "discard"], actor: str, comment: str | None) -> dict[str, Any]:
         """How a person resolved a conflict, with their comment (kept on the record; lineage keeps its hash)."""
         if comment is None:
             return {}
-        return {"resolution": {"action": action, "by": actor, "at": self._clock().isoformat(), "comment": comment}}
+        return {"resolution": Resolution(action=action, by=actor, at=self._clock(), comment=comment)}
 
     def matching(self, where: ReplayFilter, limit: int = MAX_REPLAY) -> list[ChangeRecord]:
         found: list[ChangeRecord] = []

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.app.journal import ChangeJournal, Step, utcnow
 from shared.app.writer import FhirWriter, verify
@@ -38,11 +38,11 @@ from shared.core.errors import (
     WritebackError,
 )
 from shared.core.faults import checkpoint
-from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, ResourceChange
+from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, ResourceChange
 from shared.core.planning import PatchApplyError, Plan, PlanConflictError, plan_change
 from shared.core.policy import Policy
 from shared.core.ports import FhirClient, PayloadStore
-from shared.core.problems import problem_body
+from shared.core.record_parts import ApprovalState, ChangePlan, ChangeResult, PlanConflict, StoredProblem
 from shared.core.targets import TargetConfig, TargetRegistry
 from shared.core.telemetry import conflicts, retries, write_latency
 
@@ -72,6 +72,16 @@ def retry_delay(attempt: int, retry_after: float | None) -> float:
 
 def outcome(record: ChangeRecord) -> StepResult:
     return {"changeId": record.change_id, "status": record.status.value}
+
+
+class WriteInput(NamedTuple):
+    plan: Plan
+    reason: str | None
+    patch_ops: list[dict[str, Any]] | None
+
+
+def _patch_ops(request: ChangeRequest) -> list[dict[str, Any]] | None:
+    return [op.to_wire() for op in request.patch] if request.patch else None
 
 
 class ChangePipeline:
@@ -135,8 +145,16 @@ class ChangePipeline:
         self, record: ChangeRecord, status: ChangeStatus, steps: list[Step], error: WritebackError, **updates: Any
     ) -> StepResult:
         steps = [*steps, Step(status.value, {"code": error.code, "issues": [i.path for i in error.issues]})]
-        done = self.journal.record(record, steps, status=status, error=problem_body(error), **updates)
+        done = self.journal.record(record, steps, status=status, error=StoredProblem.of(error), **updates)
         return outcome(done)
+
+    def _clash(
+        self, record: ChangeRecord, steps: list[Step], exc: PlanConflictError, plan: ChangePlan | None, **updates: Any
+    ) -> StepResult:
+        """End in ``conflict`` with ``plan`` (or a new one) noting the paths that clashed."""
+        conflict = PlanConflict(ours=exc.ours, theirs=exc.theirs, overlap=exc.overlap)
+        noted = (plan or ChangePlan()).model_copy(update={"conflict": conflict})
+        return self._end(record, ChangeStatus.CONFLICT, steps, exc, plan=noted, **updates)
 
     # --- prepare ---------------------------------------------------------------------------------------------
 
@@ -157,8 +175,7 @@ class ChangePipeline:
             current, current_version, base = self._read(client, target, request)
             plan = plan_change(request, current=current, current_version=current_version, base=base)
         except PlanConflictError as exc:
-            conflict = {"ours": exc.ours, "theirs": exc.theirs, "overlap": exc.overlap}
-            return self._end(record, ChangeStatus.CONFLICT, steps, exc, enqueued=True, plan={"conflict": conflict})
+            return self._clash(record, steps, exc, None, enqueued=True)
         except (PatchApplyError, FhirValidationError, RequestError) as exc:
             return self._end(record, ChangeStatus.REJECTED, steps, exc, enqueued=True)
         except (PermanentError, AuthError) as exc:
@@ -175,18 +192,18 @@ class ChangePipeline:
             base_version_given=request.base_version is not None,
         )
         reasons = [{"path": r.path, "rule": r.rule} for r in decision.reasons]
-        plan_body: dict[str, Any] = {
-            "baseVersion": request.base_version,
-            "currentVersion": current_version,
-            "changedPaths": plan.changed_paths,
-            "diff": plan.diff,
-            "merged": plan.merged,
-            "downstreamPaths": plan.downstream_paths,
-            "decision": decision.decision,
-            "reasons": decision.to_wire()["reasons"],
-            "policyVersion": decision.policy_version,
-            "source": source,
-        }
+        plan_body = ChangePlan(
+            base_version=request.base_version,
+            current_version=current_version,
+            changed_paths=plan.changed_paths,
+            diff=plan.diff,
+            merged=plan.merged,
+            downstream_paths=plan.downstream_paths,
+            decision=decision.decision,
+            reasons=decision.to_wire()["reasons"],
+            policy_version=decision.policy_version,
+            source=source,
+        )
         steps += [
             Step(
                 "planned",
@@ -220,7 +237,7 @@ class ChangePipeline:
             return self._end(record, ChangeStatus.REJECTED, steps, error, enqueued=True, plan=plan_body)
         if plan.is_noop:
             status = ChangeStatus.PLANNED if request.dry_run else ChangeStatus.COMPLETED
-            result = {"versionId": current_version, "noChange": True, "verified": True}
+            result = ChangeResult(version_id=current_version, no_change=True, verified=True)
             done = self.journal.record(
                 record,
                 [*steps, Step(status.value, {"noChange": True})],
@@ -239,19 +256,19 @@ class ChangePipeline:
                 enqueued=True,
             )
             return outcome(done)
-        proposed_ref = self.payloads.put(
-            record.change_id, json.dumps(plan.proposed, separators=(",", ":")).encode("utf-8"), name="proposed"
+        write_input = {"resource": plan.proposed, "reason": request.reason, "patch": _patch_ops(request)}
+        plan_body.proposed = self.payloads.put(
+            record.change_id, json.dumps(write_input, separators=(",", ":")).encode("utf-8"), name="proposed"
         )
-        plan_body["proposed"] = proposed_ref.to_wire()
         if decision.decision == "approve":
             now = self._clock()
             expires = now + self.approval_timeout
             remind = now + self.approval_reminder if self.approval_reminder else None
-            approval = {
-                "required": True,
-                "expiresAt": expires.isoformat(),
-                "paths": [r.path for r in decision.reasons if r.rule == "approve"],
-            }
+            approval = ApprovalState(
+                required=True,
+                expires_at=expires,
+                paths=[r.path for r in decision.reasons if r.rule == "approve"],
+            )
             done = self.journal.record(
                 record,
                 [*steps, Step("awaiting_approval", {"expiresAt": expires.isoformat()})],
@@ -299,30 +316,37 @@ class ChangePipeline:
     def write(self, change_id: str, attempt: int = 0) -> StepResult:
         return self._run(change_id, self._write, attempt)
 
-    def _plan_of(self, record: ChangeRecord) -> Plan:
-        body = record.plan or {}
-        proposed = json.loads(self.payloads.get(PayloadRef.model_validate(body["proposed"])))
-        return Plan(
+    def _write_input(self, record: ChangeRecord) -> WriteInput:
+        """The plan to write, the caller's reason and patch: one payload read (two for a plan stored before the
+        write input carried the reason and patch, which then come from the request)."""
+        stored = record.plan
+        if stored is None or stored.proposed is None:
+            raise PermanentError(detail="the change has no planned resource to write")
+        body = json.loads(self.payloads.get(stored.proposed))
+        if "resourceType" in body:
+            request = self._request(record)
+            body = {"resource": body, "reason": request.reason, "patch": _patch_ops(request)}
+        plan = Plan(
             operation=record.operation,
             resource_type=record.resource_type,
             resource_id=record.resource_id,
-            base_version=body.get("baseVersion"),
-            current_version=body.get("currentVersion"),
-            proposed=proposed,
-            diff=body.get("diff") or [],
-            changed_paths=body.get("changedPaths") or [],
-            merged=bool(body.get("merged")),
-            downstream_paths=body.get("downstreamPaths") or [],
+            base_version=stored.base_version,
+            current_version=stored.current_version,
+            proposed=body["resource"],
+            diff=stored.diff,
+            changed_paths=stored.changed_paths,
+            merged=stored.merged,
+            downstream_paths=stored.downstream_paths,
         )
+        return WriteInput(plan, body.get("reason"), body.get("patch"))
 
     def _write(self, record: ChangeRecord) -> StepResult:
         if record.status is not ChangeStatus.WRITING:
             return outcome(record)
-        request = self._request(record)
-        plan = self._plan_of(record)
+        plan, reason, patch_ops = self._write_input(record)
         target = self._target(record)
         writer = FhirWriter(self.fhir(target), target)
-        source = (record.plan or {}).get("source") or record.requested_by.app_id
+        source = (record.plan.source if record.plan else None) or record.requested_by.app_id
         checkpoint("write.before")
         started = time.perf_counter()
         merges: list[Step] = []
@@ -333,35 +357,21 @@ class ChangePipeline:
                     plan,
                     source=source,
                     recorded=self._clock(),
-                    reason=request.reason,
-                    approver=(record.approval or {}).get("decidedBy"),
-                    patch_ops=[op.to_wire() for op in request.patch] if request.patch else None,
+                    reason=reason,
+                    approver=record.approval.decided_by if record.approval else None,
+                    patch_ops=patch_ops,
                 )
                 break
             except PlanConflictError as exc:
-                conflict = {"ours": exc.ours, "theirs": exc.theirs, "overlap": exc.overlap}
-                return self._end(
-                    record, ChangeStatus.CONFLICT, merges, exc, plan={**(record.plan or {}), "conflict": conflict}
-                )
+                return self._clash(record, merges, exc, record.plan)
             except ConflictError as exc:
                 conflicts.add(1, {"writeback.target": record.target})
                 if len(merges) >= MAX_MERGES_ON_CONFLICT:
                     return self._end(record, ChangeStatus.CONFLICT, merges, exc)
                 try:
                     plan = self._merge_on_conflict(writer.client, target, plan)
-                except PlanConflictError as conflict_exc:
-                    conflict = {
-                        "ours": conflict_exc.ours,
-                        "theirs": conflict_exc.theirs,
-                        "overlap": conflict_exc.overlap,
-                    }
-                    return self._end(
-                        record,
-                        ChangeStatus.CONFLICT,
-                        merges,
-                        conflict_exc,
-                        plan={**(record.plan or {}), "conflict": conflict},
-                    )
+                except PlanConflictError as clash:
+                    return self._clash(record, merges, clash, record.plan)
                 except (ConflictError, NotFoundError):
                     # The target no longer returns the version the plan read (or the resource): a human decides.
                     cannot = ConflictError(detail="the target changed and cannot return the version the plan read")
@@ -409,14 +419,14 @@ class ChangePipeline:
                     at=record.submitted_at,
                 )
             )
-        result = {
-            "versionId": written.version_id,
-            "location": written.location,
-            "resourceRef": f"{record.resource_type}/{resource_id}" if resource_id else None,
-            "provenance": written.provenance,
-            "verified": verified,
-            "noChange": False,
-        }
+        result = ChangeResult(
+            version_id=written.version_id,
+            location=written.location,
+            resource_ref=f"{record.resource_type}/{resource_id}" if resource_id else None,
+            provenance=written.provenance,
+            verified=verified,
+            no_change=False,
+        )
         done = self.journal.record(record, steps, status=ChangeStatus.COMPLETED, result=result, resource_id=resource_id)
         return outcome(done)
 
@@ -456,7 +466,7 @@ class ChangePipeline:
         def step(record: ChangeRecord) -> StepResult:
             if record.status is not ChangeStatus.AWAITING_APPROVAL:
                 return outcome(record)
-            approval = {**(record.approval or {}), "decision": "expired"}
+            approval = (record.approval or ApprovalState()).model_copy(update={"decision": "expired"})
             done = self.journal.record(record, [Step("expired", {})], status=ChangeStatus.EXPIRED, approval=approval)
             return outcome(done)
 
@@ -466,7 +476,7 @@ class ChangePipeline:
         def step(record: ChangeRecord) -> StepResult:
             if record.status.is_terminal:
                 return outcome(record)
-            error_body = problem_body(RetriesExhaustedError(detail=detail or "the change could not be written"))
+            error_body = StoredProblem.of(RetriesExhaustedError(detail=detail or "the change could not be written"))
             done = self.journal.record(
                 record, [Step("failed", {"code": "retries-exhausted"})], status=ChangeStatus.FAILED, error=error_body
             )

@@ -172,7 +172,7 @@ class FhirWriter:
         approver: str | None = None,
         patch_ops: Sequence[dict[str, Any]] | None = None,
     ) -> WriteOutcome:
-        comment = (record.approval or {}).get("comment") if approver else None
+        comment = record.approval.comment if approver and record.approval else None
         resource = with_tags(plan.proposed, record.change_id, source)
         if record.operation is not Operation.CREATE:
             resource["id"] = plan.resource_id

@@ -11,10 +11,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_serializer, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from shared.core.fhir_ids import RESOURCE_REF_RE, VERSION_ID_RE
+from shared.core.record_parts import (
+    ApprovalState,
+    ChangePlan,
+    ChangeResult,
+    PayloadRef,
+    Resolution,
+    StoredPart,
+    StoredProblem,
+)
 
 T = TypeVar("T")
 
@@ -197,16 +206,6 @@ class ChangeRequest(WireModel):
         return self.resource_ref.split("/", 1)[1]
 
 
-class PayloadRef(WireModel):
-    """Where a stored request body lives: inline in the change record, or in a blob (claim check)."""
-
-    kind: Literal["inline", "blob"]
-    sha256: str
-    size: int
-    inline: str | None = None
-    blob_name: str | None = None
-
-
 class ChangeRecord(WireModel):
     """The state of one change. Stored as the ``record`` row of the change's partition."""
 
@@ -228,12 +227,16 @@ class ChangeRecord(WireModel):
     retries: int = 0
     replan: bool = False
     sequence: int = 0
-    plan: dict[str, Any] | None = None
-    approval: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    resolution: dict[str, Any] | None = None
+    plan: ChangePlan | None = None
+    approval: ApprovalState | None = None
+    result: ChangeResult | None = None
+    error: StoredProblem | None = None
+    resolution: Resolution | None = None
     etag: str | None = Field(default=None, exclude=True)
+
+    @field_serializer("plan", "approval", "result", "error", "resolution")
+    def _part(self, part: StoredPart | None) -> dict[str, Any] | None:
+        return part.to_record() if part is not None else None
 
     @property
     def resource_ref(self) -> str | None:

@@ -18,10 +18,10 @@ from shared.core.models import (
     IdempotencyRecord,
     LineageEvent,
     Page,
-    PayloadRef,
     PendingChange,
     ResourceChange,
 )
+from shared.core.record_parts import PayloadRef
 
 
 class IdempotencyStore(Protocol):

@@ -29,6 +29,7 @@ from shared.core.models import (
     ResourceChange,
 )
 from shared.core.ports import ChangeStore, IdempotencyStore, PayloadStore
+from shared.core.record_parts import ChangeResult
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -229,7 +230,7 @@ def test_large_record_fields_survive(stores: Stores) -> None:
     big_plan = {"diff": [{"op": "add", "path": f"/x/{i}", "value": "é" * 50} for i in range(2000)]}
     rec = stores.changes.create(change_record("c3", plan=big_plan), event("c3", 1))
     got = stores.changes.get("c3")
-    assert got is not None and got.plan == big_plan and got.etag == rec.etag
+    assert got is not None and got.plan is not None and got.plan.to_record() == big_plan and got.etag == rec.etag
 
 
 def test_lineage_is_ordered_by_sequence_past_nine(stores: Stores) -> None:
@@ -400,9 +401,9 @@ def test_a_transition_that_loses_its_race_leaves_the_queue_unchanged(stores: Sto
 def test_drift_queue_follows_the_result(stores: Stores) -> None:
     cid = new_change_id(NOW)
     stores.changes.create(change_record(cid), event(cid, 1))
-    _move(stores, cid, ChangeStatus.COMPLETED, result={"versionId": "x", "verified": False})
+    _move(stores, cid, ChangeStatus.COMPLETED, result=ChangeResult(version_id="x", verified=False))
     assert _all(stores, verified=False) == [cid]
     assert _all(stores, verified=False, status=ChangeStatus.COMPLETED) == [cid]
-    _move(stores, cid, ChangeStatus.COMPLETED, result={"versionId": "x", "verified": True})
+    _move(stores, cid, ChangeStatus.COMPLETED, result=ChangeResult(version_id="x", verified=True))
     assert _all(stores, verified=False) == []
     assert _all(stores, verified=True) == [cid]

@@ -29,6 +29,7 @@ from shared.app.pipeline import ChangePipeline
 from shared.core.errors import NotFoundError, RetryableError
 from shared.core.models import LineageEvent, Principal
 from shared.core.policy import Policy
+from shared.core.record_parts import PayloadRef
 from shared.core.targets import TargetConfig, TargetRegistry
 from shared.fakes.fhir import FakeFhirClient
 from shared.fakes.messages import FakeMessagePublisher
@@ -157,9 +158,10 @@ def make_gateway(
     policy: Policy = POLICY,
     approval_reminder: timedelta | None = None,
     notify: bool = False,
+    payloads: FakePayloadStore | None = None,
 ) -> Gateway:
     clock = Clock()
-    store, payloads = FakeChangeStore(), FakePayloadStore()
+    store, payloads = FakeChangeStore(), payloads or FakePayloadStore()
     server = fhir or FakeFhirClient(clock=clock)
     seeded = server.update(PATIENT)
     assert seeded.version_id is not None
@@ -582,6 +584,42 @@ def test_what_the_target_stored_differently_is_reported_as_drift() -> None:
 
 
 # --- write: run again ---------------------------------------------------------------------------------------
+
+
+class CountingPayloadStore(FakePayloadStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, ref: PayloadRef) -> bytes:
+        self.reads += 1
+        return super().get(ref)
+
+
+def test_the_write_step_reads_one_payload_and_writes_the_callers_reason() -> None:
+    payloads = CountingPayloadStore()
+    gw = make_gateway(payloads=payloads)
+    change_id = writing(gw)
+    payloads.reads = 0
+    assert gw.pipeline.write(change_id)["status"] == "completed"
+    assert payloads.reads == 1, "the write input (resource, reason, patch) is one payload"
+    (provenance,) = gw.fhir.resources("Provenance")
+    assert provenance["reason"] == [{"text": "the patient called in"}]
+
+
+def test_a_plan_stored_by_the_previous_release_is_still_written(gw: Gateway) -> None:
+    """Before, the ``proposed`` payload held the bare resource; the reason and patch came from the request."""
+    change_id = writing(gw)
+    record = gw.journal.load(change_id, fresh=True)
+    assert record.plan is not None and record.plan.proposed is not None
+    resource = json.loads(gw.payloads.get(record.plan.proposed))["resource"]
+    bare = gw.payloads.put(change_id, json.dumps(resource).encode(), name="proposed")
+    gw.journal.record(record, [], plan=record.plan.model_copy(update={"proposed": bare}))
+
+    assert gw.pipeline.write(change_id)["status"] == "completed"
+    assert gw.patient()["telecom"][0]["value"] == "555-0100"
+    (provenance,) = gw.fhir.resources("Provenance")
+    assert provenance["reason"] == [{"text": "the patient called in"}]
 
 
 def test_a_write_run_twice_answers_the_same_and_writes_once(gw: Gateway) -> None:

@@ -138,4 +138,4 @@ def test_a_change_published_but_never_started_becomes_failed_for_operators(parts
     assert sweeper(intake).sweep(clock.now + timedelta(minutes=31)).failed == 1
     stuck = changes.get(record.change_id)
     assert stuck is not None and stuck.status is ChangeStatus.FAILED
-    assert stuck.error is not None and stuck.error["type"].endswith("not-dispatched")
+    assert stuck.error is not None and stuck.error.code == "not-dispatched"

@@ -4,6 +4,8 @@
 - Lineage hashes use the same canonical form as fingerprints (UTF-8 as is), so a diff with non-ASCII text hashes
   the same everywhere.
 - The ``accepted`` event names its actor as every other event does (``Principal.actor``).
+- A change record stored before its plan, approval, result, error and resolution were typed loads, and is stored
+  again unchanged (keys this version does not know included).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from shared.bootstrap import Gateway, build
 from shared.config import Settings
 from shared.core.canonical import canonical_hash
-from shared.core.models import IdempotencyRecord, Principal
+from shared.core.models import ChangeRecord, IdempotencyRecord, Principal
 from shared.fakes.fhir import FakeFhirClient
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
@@ -97,3 +100,70 @@ def test_the_diff_hash_is_the_canonical_hash_of_the_diff() -> None:
     assert record is not None
     planned = next(e for e in changes.lineage(change_id) if e.event == "planned")
     assert planned.details["diffHash"] == canonical_hash(record.to_wire()["plan"]["diff"])
+
+
+# A record as the previous release stored it (the JSON in the Table row's ``Json`` property), every part filled in.
+RECORD_STORED_BEFORE: dict[str, Any] = {
+    "changeId": "20261201120000000-abc",
+    "status": "rejected",
+    "target": "local-ehr",
+    "operation": "update",
+    "resourceType": "Patient",
+    "resourceId": "p1",
+    "requestedBy": {"appId": "crm", "userId": "u1", "roles": ["Writeback.Submit"], "authType": "easyauth"},
+    "submittedAt": "2026-12-01T12:00:00Z",
+    "updatedAt": "2026-12-01T12:05:00Z",
+    "requestHash": "a" * 64,
+    "payload": {"kind": "inline", "sha256": "b" * 64, "size": 2, "inline": "{}"},
+    "dryRun": False,
+    "enqueued": True,
+    "retries": 1,
+    "replan": False,
+    "sequence": 9,
+    "plan": {
+        "baseVersion": None,
+        "currentVersion": "3",
+        "changedPaths": ["Patient.name"],
+        "diff": [{"op": "replace", "path": "/name/0/family", "value": "Zoë"}],
+        "merged": False,
+        "downstreamPaths": [],
+        "decision": "approve",
+        "reasons": [{"path": "Patient.name", "rule": "approve", "message": "needs a person"}],
+        "policyVersion": "2026-11-25.1",
+        "source": "crm",
+        "proposed": {"kind": "blob", "sha256": "c" * 64, "size": 40000, "blobName": "x/proposed.json"},
+        "conflict": {"ours": ["Patient.name"], "theirs": [], "overlap": []},
+    },
+    "approval": {
+        "required": True,
+        "expiresAt": "2026-12-04T12:00:00+00:00",
+        "paths": ["Patient.name"],
+        "decision": "rejected",
+        "decidedBy": "boss",
+        "decidedByName": None,
+        "decidedAt": "2026-12-01T12:04:00.123456+00:00",
+        "via": "api",
+        "comment": None,
+        "notedBy": "a key a later version added",
+    },
+    "result": {"versionId": "3", "noChange": True, "verified": True},
+    "error": {
+        "type": "urn:writeback:problem:rejected-by-approver",
+        "title": "Rejected by an approver",
+        "status": 403,
+        "detail": "An approver rejected this change",
+        "issues": [{"path": "/x", "code": "y", "message": "z"}],
+    },
+    "resolution": {"action": "replan", "by": "ops", "at": "2026-12-01T12:03:00+00:00", "comment": "go"},
+}
+
+
+def test_a_record_stored_by_the_previous_release_loads_typed_and_is_stored_unchanged() -> None:
+    record = ChangeRecord.model_validate(RECORD_STORED_BEFORE)
+    assert (
+        record.plan is not None and record.plan.conflict is not None and record.plan.conflict.ours == ["Patient.name"]
+    )
+    assert record.approval is not None and record.approval.expires_at == datetime(2026, 12, 4, 12, tzinfo=UTC)
+    assert record.error is not None and record.error.code == "rejected-by-approver"
+    assert record.resolution is not None and record.resolution.action == "replan"
+    assert record.model_dump(mode="json", by_alias=True, exclude_none=True) == RECORD_STORED_BEFORE
