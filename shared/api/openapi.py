@@ -2,19 +2,24 @@
 
 Custom connectors accept Swagger 2.0 only. The document is built here, in code, from the same constants the API uses
 (states, operations, the idempotency key's pattern and retention, page sizes, ``Retry-After``), so it cannot drift
-from them; ``docs/openapi.json`` is this document with a placeholder host, and a test checks it is up to date.
+from them. The request bodies' definitions are generated from the pydantic models that validate them
+(``shared.api.swagger_schema``); the answers' are written here. ``docs/openapi.json`` is this document with a
+placeholder host, and a test checks it is up to date.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from shared.api.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT
+from shared.api.requests import ApprovalRequest, CallbackBody, ReplayRequest, ResolveRequest
 from shared.api.responses import MAX_PAGE_SIZE, RETRY_AFTER_SECONDS
+from shared.api.swagger_schema import REF_PREFIX, Schema, swagger_definitions
 from shared.app.intake import IDEMPOTENCY_KEY
 from shared.config import Settings
-from shared.core.fhir_ids import RESOURCE_TYPE, VERSION_ID
-from shared.core.models import TERMINAL_STATUSES, ChangeStatus, Operation
+from shared.core.models import TERMINAL_STATUSES, ChangeRequest, ChangeStatus, Operation
 
 API_VERSION = "1.0.0"
 PLACEHOLDER_HOST = "<your-function-app>.azurewebsites.net"
@@ -25,8 +30,6 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
-
-Schema = dict[str, Any]
 
 
 def default_retention_hours() -> int:
@@ -43,7 +46,7 @@ def default_stale_after_seconds() -> int:
 
 
 def _ref(name: str) -> Schema:
-    return {"$ref": f"#/definitions/{name}"}
+    return {"$ref": REF_PREFIX + name}
 
 
 def _is_loopback(host: str) -> bool:
@@ -54,10 +57,52 @@ def _is_loopback(host: str) -> bool:
 # --- definitions ---------------------------------------------------------------------------------------------------
 
 
+# The request bodies, each under the name the document gives it; their definitions are generated from these models.
+REQUEST_BODIES: dict[str, type[BaseModel]] = {
+    "ChangeRequest": ChangeRequest,
+    "ApprovalDecision": ApprovalRequest,
+    "ApprovalCallback": CallbackBody,
+    "Resolve": ResolveRequest,
+    "ReplayRequest": ReplayRequest,
+}
+
+
 def _definitions() -> dict[str, Schema]:
-    states = [s.value for s in ChangeStatus]
+    """The request bodies' definitions (generated from their models), then the responses' (written here)."""
+    return {**swagger_definitions(REQUEST_BODIES), **_response_definitions()}
+
+
+def _status_property() -> Schema:
     terminal = ", ".join(s.value for s in ChangeStatus if s in TERMINAL_STATUSES)
-    links = {
+    return {
+        "type": "string",
+        "enum": [s.value for s in ChangeStatus],
+        "description": f"The change's state. It has ended when it is one of: {terminal}.",
+        "x-ms-summary": "Status",
+    }
+
+
+def _change_identity() -> dict[str, Schema]:
+    """The properties, all required, that say which change an answer is about (the submit answer and the status)."""
+    return {
+        "changeId": {"type": "string", "x-ms-summary": "Change id", "description": "The change's id."},
+        "status": _status_property(),
+        "target": {"type": "string", "x-ms-summary": "Target", "description": "The target's id."},
+        "operation": {"type": "string", "enum": [o.value for o in Operation], "x-ms-summary": "Operation"},
+        "resourceType": {"type": "string", "x-ms-summary": "Resource type"},
+    }
+
+
+def _free_form(summary: str, description: str, *, visibility: str | None = None) -> Schema:
+    """An object property whose members the document does not list (a plan, an error, an OperationOutcome...)."""
+    schema: Schema = {"type": "object", "x-ms-summary": summary, "description": description}
+    if visibility:
+        schema["x-ms-visibility"] = visibility
+    return schema
+
+
+def _links() -> Schema:
+    return {
         "type": "object",
         "description": "Absolute URLs of the change's status, approval and lineage resources.",
         "properties": {
@@ -71,129 +116,18 @@ def _definitions() -> dict[str, Schema]:
         },
         "required": ["self"],
     }
-    status_property = {
-        "type": "string",
-        "enum": states,
-        "description": f"The change's state. It has ended when it is one of: {terminal}.",
-        "x-ms-summary": "Status",
-    }
+
+
+def _response_definitions() -> dict[str, Schema]:
+    identity = _change_identity()
     return {
-        "PatchOperation": {
-            "type": "object",
-            "description": "One RFC 6902 JSON Patch operation.",
-            "required": ["op", "path"],
-            "properties": {
-                "op": {
-                    "type": "string",
-                    "enum": ["add", "remove", "replace", "move", "copy", "test"],
-                    "x-ms-summary": "Operation",
-                    "description": "The JSON Patch operation.",
-                },
-                "path": {
-                    "type": "string",
-                    "x-ms-summary": "Path",
-                    "description": "A JSON pointer into the resource, e.g. /telecom/0/value.",
-                },
-                "value": {
-                    "x-ms-summary": "Value",
-                    "description": "The value (any JSON) for add, replace and test.",
-                },
-                "from": {
-                    "type": "string",
-                    "x-ms-summary": "From",
-                    "description": "The source JSON pointer for move and copy.",
-                    "x-ms-visibility": "advanced",
-                },
-            },
-        },
-        "ChangeRequest": {
-            "type": "object",
-            "description": (
-                "A change to one FHIR R4 resource at one target. `resource` for create and update; "
-                "`resourceRef` and `patch` (RFC 6902) for patch."
-            ),
-            "required": ["target", "operation"],
-            "additionalProperties": False,
-            "example": {
-                "target": "local-ehr",
-                "operation": "patch",
-                "resourceRef": "Patient/123",
-                "patch": [{"op": "replace", "path": "/telecom/0/value", "value": "555-0100"}],
-                "baseVersion": "3",
-                "reason": "Phone number confirmed by the patient",
-                "dryRun": True,
-            },
-            "properties": {
-                "target": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 64,
-                    "pattern": r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
-                    "x-ms-summary": "Target",
-                    "description": "The id of the target FHIR server (config/targets.yaml), e.g. local-ehr.",
-                    "x-ms-visibility": "important",
-                },
-                "operation": {
-                    "type": "string",
-                    "enum": [o.value for o in Operation],
-                    "x-ms-summary": "Operation",
-                    "description": "create, update or patch.",
-                    "x-ms-visibility": "important",
-                },
-                "resource": {
-                    "type": "object",
-                    "additionalProperties": True,
-                    "x-ms-summary": "Resource",
-                    "description": "The whole FHIR R4 resource (with resourceType; with id for update).",
-                    "x-ms-visibility": "important",
-                },
-                "resourceRef": {
-                    "type": "string",
-                    "pattern": rf"^{RESOURCE_TYPE}/{VERSION_ID}$",
-                    "x-ms-summary": "Resource reference",
-                    "description": "ResourceType/id of the resource to patch.",
-                },
-                "patch": {
-                    "type": "array",
-                    "items": _ref("PatchOperation"),
-                    "x-ms-summary": "Patch",
-                    "description": "The JSON Patch operations (patch only; at least one).",
-                },
-                "baseVersion": {
-                    "type": "string",
-                    "x-ms-summary": "Base version",
-                    "description": (
-                        'The version the caller read: W/"3", 3 or an opaque version id. When the target has moved '
-                        "on, the gateway merges non-overlapping changes or ends the change in conflict."
-                    ),
-                    "x-ms-visibility": "advanced",
-                },
-                "reason": {
-                    "type": "string",
-                    "maxLength": 1024,
-                    "x-ms-summary": "Reason",
-                    "description": "Why the change is made (kept as a hash; goes into the Provenance).",
-                },
-                "dryRun": {
-                    "type": "boolean",
-                    "default": False,
-                    "x-ms-summary": "Dry run",
-                    "description": "Plan only: validate, diff and take the policy decision, then end in planned.",
-                    "x-ms-visibility": "advanced",
-                },
-            },
-        },
-        "Links": links,
+        "Links": _links(),
         "Accepted": {
             "type": "object",
             "description": "The answer to a submission (the same for every replay of it).",
-            "required": ["changeId", "status", "target", "operation", "resourceType", "submittedAt", "links"],
+            "required": [*identity, "submittedAt", "links"],
             "properties": {
-                "changeId": {"type": "string", "x-ms-summary": "Change id", "description": "The change's id."},
-                "status": status_property,
-                "target": {"type": "string", "x-ms-summary": "Target", "description": "The target's id."},
-                "operation": {"type": "string", "enum": [o.value for o in Operation], "x-ms-summary": "Operation"},
-                "resourceType": {"type": "string", "x-ms-summary": "Resource type"},
+                **identity,
                 "resourceRef": {"type": "string", "x-ms-summary": "Resource reference"},
                 "submittedAt": {"type": "string", "format": "date-time", "x-ms-summary": "Submitted at"},
                 "links": _ref("Links"),
@@ -202,24 +136,9 @@ def _definitions() -> dict[str, Schema]:
         "ChangeStatus": {
             "type": "object",
             "description": "The status resource of a change.",
-            "required": [
-                "changeId",
-                "status",
-                "target",
-                "operation",
-                "resourceType",
-                "requestedBy",
-                "submittedAt",
-                "updatedAt",
-                "dryRun",
-                "links",
-            ],
+            "required": [*identity, "requestedBy", "submittedAt", "updatedAt", "dryRun", "links"],
             "properties": {
-                "changeId": {"type": "string", "x-ms-summary": "Change id", "description": "The change's id."},
-                "status": status_property,
-                "target": {"type": "string", "x-ms-summary": "Target", "description": "The target's id."},
-                "operation": {"type": "string", "enum": [o.value for o in Operation], "x-ms-summary": "Operation"},
-                "resourceType": {"type": "string", "x-ms-summary": "Resource type"},
+                **identity,
                 "resourceRef": {
                     "type": "string",
                     "x-ms-summary": "Resource reference",
@@ -237,28 +156,14 @@ def _definitions() -> dict[str, Schema]:
                 "submittedAt": {"type": "string", "format": "date-time", "x-ms-summary": "Submitted at"},
                 "updatedAt": {"type": "string", "format": "date-time", "x-ms-summary": "Updated at"},
                 "dryRun": {"type": "boolean", "x-ms-summary": "Dry run"},
-                "plan": {
-                    "type": "object",
-                    "x-ms-summary": "Plan",
-                    "description": "The planned diff (paths, versions) and the policy decision.",
-                    "x-ms-visibility": "advanced",
-                },
-                "approval": {
-                    "type": "object",
-                    "x-ms-summary": "Approval",
-                    "description": "The approval request and decision, when one was needed.",
-                    "x-ms-visibility": "advanced",
-                },
-                "result": {
-                    "type": "object",
-                    "x-ms-summary": "Result",
-                    "description": "When completed: versionId, location, provenance, verified.",
-                },
-                "error": {
-                    "type": "object",
-                    "x-ms-summary": "Error",
-                    "description": "Why the change was rejected, failed, expired or is in conflict.",
-                },
+                "plan": _free_form(
+                    "Plan", "The planned diff (paths, versions) and the policy decision.", visibility="advanced"
+                ),
+                "approval": _free_form(
+                    "Approval", "The approval request and decision, when one was needed.", visibility="advanced"
+                ),
+                "result": _free_form("Result", "When completed: versionId, location, provenance, verified."),
+                "error": _free_form("Error", "Why the change was rejected, failed, expired or is in conflict."),
                 "links": _ref("Links"),
             },
         },
@@ -280,14 +185,10 @@ def _definitions() -> dict[str, Schema]:
             "properties": {
                 "sequence": {"type": "integer", "x-ms-summary": "Sequence"},
                 "event": {"type": "string", "x-ms-summary": "Event", "description": "e.g. accepted, planned, written."},
-                "status": status_property,
+                "status": _status_property(),
                 "at": {"type": "string", "format": "date-time", "x-ms-summary": "At"},
                 "actor": {"type": "string", "x-ms-summary": "Actor"},
-                "details": {
-                    "type": "object",
-                    "x-ms-summary": "Details",
-                    "description": "Paths, hashes, versions and outcomes; never values.",
-                },
+                "details": _free_form("Details", "Paths, hashes, versions and outcomes; never values."),
             },
         },
         "Lineage": {
@@ -346,79 +247,11 @@ def _definitions() -> dict[str, Schema]:
                     "x-ms-summary": "Issues",
                     "description": "Each problem with the request, naming the field.",
                 },
-                "operationOutcome": {
-                    "type": "object",
-                    "x-ms-summary": "OperationOutcome",
-                    "description": "The FHIR OperationOutcome, for FHIR validation failures.",
-                    "x-ms-visibility": "advanced",
-                },
-            },
-        },
-        "ApprovalDecision": {
-            "type": "object",
-            "required": ["decision"],
-            "additionalProperties": False,
-            "properties": {
-                "decision": {
-                    "type": "string",
-                    "enum": ["approve", "reject"],
-                    "x-ms-summary": "Decision",
-                    "x-ms-visibility": "important",
-                },
-                "comment": {"type": "string", "maxLength": 2000, "x-ms-summary": "Comment"},
-            },
-        },
-        "ApprovalCallback": {
-            "type": "object",
-            "properties": {
-                "approver": {"type": "string", "maxLength": 256, "x-ms-summary": "Approver"},
-                "comment": {"type": "string", "maxLength": 2000, "x-ms-summary": "Comment"},
-            },
-        },
-        "Resolve": {
-            "type": "object",
-            "required": ["action"],
-            "additionalProperties": False,
-            "properties": {
-                "action": {
-                    "type": "string",
-                    "enum": ["replan", "discard"],
-                    "x-ms-summary": "Action",
-                    "description": "replan: plan again on the current version (through the policy); discard: end it.",
-                    "x-ms-visibility": "important",
-                },
-                "comment": {"type": "string", "maxLength": 2000, "x-ms-summary": "Comment"},
-            },
-        },
-        "ReplayRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "status": {
-                    "type": "string",
-                    "enum": ["failed", "conflict", "expired"],
-                    "default": "failed",
-                    "x-ms-summary": "Status",
-                    "x-ms-visibility": "important",
-                },
-                "target": {"type": "string", "maxLength": 64, "x-ms-summary": "Target"},
-                "errorCode": {"type": "string", "maxLength": 100, "x-ms-summary": "Error code"},
-                "since": {"type": "string", "format": "date-time", "x-ms-summary": "Since"},
-                "until": {"type": "string", "format": "date-time", "x-ms-summary": "Until"},
-                "limit": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": 1000,
-                    "default": 100,
-                    "x-ms-summary": "Limit",
-                },
-                "dryRun": {
-                    "type": "boolean",
-                    "default": True,
-                    "x-ms-summary": "Dry run",
-                    "description": "List what would be retried without retrying (the default).",
-                    "x-ms-visibility": "important",
-                },
+                "operationOutcome": _free_form(
+                    "OperationOutcome",
+                    "The FHIR OperationOutcome, for FHIR validation failures.",
+                    visibility="advanced",
+                ),
             },
         },
         "ReplayResult": {
@@ -570,6 +403,13 @@ def _problems(*statuses: int, **overrides: str) -> dict[str, Schema]:
     return out
 
 
+def _change_answers(ended: str | None, running: str, *problems: int) -> dict[str, Schema]:
+    """The change's status: 200 when the call ended it (``ended``, if it can), 202 while it runs on; then the
+    ``problems``."""
+    answers = {"200": _ok("ChangeStatus", ended)} if ended else {}
+    return {**answers, "202": _accepted("ChangeStatus", running), **_problems(*problems)}
+
+
 def _operation(
     operation_id: str,
     summary: str,
@@ -595,6 +435,22 @@ def _operation(
     return op
 
 
+def _meta_operation(
+    operation_id: str, summary: str, description: str, responses: dict[str, Schema], *, visibility: str
+) -> Schema:
+    """An operation about the gateway itself: no parameters, anonymous, never a problem answer."""
+    return _operation(
+        operation_id,
+        summary,
+        description,
+        [],
+        responses,
+        visibility=visibility,
+        produces_problem=False,
+        security=[],
+    )
+
+
 # --- paths ---------------------------------------------------------------------------------------------------------
 
 
@@ -603,6 +459,9 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
     status_while_running = (
         "The change is still running: poll the Location header after Retry-After seconds (Logic Apps' "
         "asynchronous pattern)."
+    )
+    decision_answers = _change_answers(
+        "Rejected: the change has ended.", "Approved: the change goes on to writing.", 400, 401, 403, 404, 409
     )
     return {
         "/changes": {
@@ -679,11 +538,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     "Retry-After while it runs, 200 when it has ended."
                 ),
                 [_change_id()],
-                {
-                    "200": _ok("ChangeStatus", "The change has ended (see status)."),
-                    "202": _accepted("ChangeStatus", status_while_running),
-                    **_problems(401, 404),
-                },
+                _change_answers("The change has ended (see status).", status_while_running, 401, 404),
                 visibility="important",
             ),
         },
@@ -706,11 +561,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     "awaiting approval."
                 ),
                 [_change_id(), _body("ApprovalDecision", "Decision", "approve or reject, with a comment.")],
-                {
-                    "200": _ok("ChangeStatus", "Rejected: the change has ended."),
-                    "202": _accepted("ChangeStatus", "Approved: the change goes on to writing."),
-                    **_problems(400, 401, 403, 404, 409),
-                },
+                decision_answers,
             ),
         },
         "/changes/{changeId}/approval/callback": {
@@ -727,11 +578,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     _query("token", "Token", "The signed link's token.", required=True),
                     _body("ApprovalCallback", "Approver", "Who decided, and a comment.", required=False),
                 ],
-                {
-                    "200": _ok("ChangeStatus", "Rejected: the change has ended."),
-                    "202": _accepted("ChangeStatus", "Approved: the change goes on to writing."),
-                    **_problems(400, 401, 403, 404, 409),
-                },
+                decision_answers,
                 visibility="internal",
                 security=[],
             ),
@@ -742,11 +589,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                 "Cancel a change",
                 f"Cancel a change awaiting approval (the requester, or role {ROLE_OPERATE}); 409 otherwise.",
                 [_change_id()],
-                {
-                    "200": _ok("ChangeStatus", "Cancelled."),
-                    "202": _accepted("ChangeStatus", status_while_running),
-                    **_problems(401, 403, 404, 409),
-                },
+                _change_answers("Cancelled.", status_while_running, 401, 403, 404, 409),
             ),
         },
         "/changes/{changeId}/retry": {
@@ -758,10 +601,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     "409 otherwise, so a second retry does nothing."
                 ),
                 [_change_id()],
-                {
-                    "202": _accepted("ChangeStatus", "Running again: poll Location."),
-                    **_problems(401, 403, 404, 409),
-                },
+                _change_answers(None, "Running again: poll Location.", 401, 403, 404, 409),
                 visibility="advanced",
             ),
         },
@@ -774,11 +614,9 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     "(202, poll Location) or discard it (200)."
                 ),
                 [_change_id(), _body("Resolve", "Resolution", "replan or discard.")],
-                {
-                    "200": _ok("ChangeStatus", "Discarded: the change has ended."),
-                    "202": _accepted("ChangeStatus", "Planning again: poll Location."),
-                    **_problems(400, 401, 403, 404, 409),
-                },
+                _change_answers(
+                    "Discarded: the change has ended.", "Planning again: poll Location.", 400, 401, 403, 404, 409
+                ),
                 visibility="advanced",
             ),
         },
@@ -810,42 +648,30 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
             ),
         },
         "/health": {
-            "get": _operation(
+            "get": _meta_operation(
                 "GetHealth",
                 "Health",
                 "Readiness: 200 when targets, policy and storage are ready, else 503; each dependency's state.",
-                [],
-                {
-                    "200": _ok("Health", "Ready."),
-                    "503": _ok("Health", "Not ready: see each dependency."),
-                },
+                {"200": _ok("Health", "Ready."), "503": _ok("Health", "Not ready: see each dependency.")},
                 visibility="advanced",
-                produces_problem=False,
-                security=[],
             ),
         },
         "/health/live": {
-            "get": _operation(
+            "get": _meta_operation(
                 "GetLiveness",
                 "Liveness",
                 "Liveness: 200 whenever the app answers; touches no dependency (use /health for readiness).",
-                [],
                 {"200": {"description": "Alive.", "schema": {"type": "object"}}},
                 visibility="internal",
-                produces_problem=False,
-                security=[],
             ),
         },
         "/openapi.json": {
-            "get": _operation(
+            "get": _meta_operation(
                 "GetOpenApiDocument",
                 "This OpenAPI document",
                 "The OpenAPI 2.0 document of this API, with the host the request came to.",
-                [],
                 {"200": {"description": "The OpenAPI 2.0 document.", "schema": {"type": "object"}}},
                 visibility="internal",
-                produces_problem=False,
-                security=[],
             ),
         },
     }

@@ -2,6 +2,10 @@
 
 A body that does not parse, or breaks a rule, is a ``RequestError`` whose issues name each field as a JSON pointer.
 The change request itself is ``shared.core.models.ChangeRequest`` (intake parses it).
+
+The OpenAPI document's definitions of these bodies are generated from the models (``shared.api.openapi``): a model's
+docstring and its fields' ``description`` and ``json_schema_extra`` (``x-ms-summary``, ``x-ms-visibility``) are what a
+custom connector shows, so they are written for its users.
 """
 
 from __future__ import annotations
@@ -25,41 +29,55 @@ def parse_body(model: type[Body], body: bytes, *, what: str, empty_ok: bool = Tr
 
 
 class ApprovalRequest(BaseModel):
-    """``POST /changes/{id}/approval``."""
+    """Approve or reject a change awaiting approval (POST /changes/{changeId}/approval)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    decision: Literal["approve", "reject"]
-    comment: str | None = Field(default=None, max_length=2000)
+    decision: Literal["approve", "reject"] = Field(
+        json_schema_extra={"x-ms-summary": "Decision", "x-ms-visibility": "important"}
+    )
+    comment: str | None = Field(default=None, max_length=2000, json_schema_extra={"x-ms-summary": "Comment"})
 
 
 class CallbackBody(BaseModel):
-    """``POST /changes/{id}/approval/callback`` (a signed link): an optional comment and the name the flow gives."""
+    """Who decided through a signed approval link, and a comment (POST /changes/{changeId}/approval/callback)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    comment: str | None = Field(default=None, max_length=2000)
-    approver: str | None = Field(default=None, max_length=256)
+    comment: str | None = Field(default=None, max_length=2000, json_schema_extra={"x-ms-summary": "Comment"})
+    approver: str | None = Field(default=None, max_length=256, json_schema_extra={"x-ms-summary": "Approver"})
 
 
 class ResolveRequest(BaseModel):
-    """``POST /changes/{id}/resolve``: plan a conflicting change again on the current version, or discard it."""
+    """Replan a change in conflict on the target's current version, or discard it (POST /changes/{changeId}/resolve)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    action: Literal["replan", "discard"]
-    comment: str | None = Field(default=None, max_length=2000)
+    action: Literal["replan", "discard"] = Field(
+        description="replan: plan again on the current version (through the policy); discard: end it.",
+        json_schema_extra={"x-ms-summary": "Action", "x-ms-visibility": "important"},
+    )
+    comment: str | None = Field(default=None, max_length=2000, json_schema_extra={"x-ms-summary": "Comment"})
 
 
 class ReplayRequest(BaseModel):
-    """``POST /changes/replay``: run many failed / conflict / expired changes again (a dry run by default)."""
+    """Which failed, conflict or expired changes to run again; a dry run by default (POST /changes/replay)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    status: Literal["failed", "conflict", "expired"] = "failed"
-    target: str | None = Field(default=None, max_length=64)
-    error_code: str | None = Field(default=None, alias="errorCode", max_length=100)
-    since: datetime | None = None
-    until: datetime | None = None
-    dry_run: bool = Field(default=True, alias="dryRun")
-    limit: int = Field(default=100, ge=1, le=1000)
+    status: Literal["failed", "conflict", "expired"] = Field(
+        default="failed", json_schema_extra={"x-ms-summary": "Status", "x-ms-visibility": "important"}
+    )
+    target: str | None = Field(default=None, max_length=64, json_schema_extra={"x-ms-summary": "Target"})
+    error_code: str | None = Field(
+        default=None, alias="errorCode", max_length=100, json_schema_extra={"x-ms-summary": "Error code"}
+    )
+    since: datetime | None = Field(default=None, json_schema_extra={"x-ms-summary": "Since"})
+    until: datetime | None = Field(default=None, json_schema_extra={"x-ms-summary": "Until"})
+    dry_run: bool = Field(
+        default=True,
+        alias="dryRun",
+        description="List what would be retried without retrying (the default).",
+        json_schema_extra={"x-ms-summary": "Dry run", "x-ms-visibility": "important"},
+    )
+    limit: int = Field(default=100, ge=1, le=1000, json_schema_extra={"x-ms-summary": "Limit"})

@@ -100,10 +100,24 @@ class Principal(WireModel):
 class PatchOperation(WireModel):
     """One RFC 6902 JSON Patch operation."""
 
-    op: Literal["add", "remove", "replace", "move", "copy", "test"]
-    path: str
-    value: Any = None
-    from_: str | None = Field(default=None, alias="from")
+    op: Literal["add", "remove", "replace", "move", "copy", "test"] = Field(
+        description="The JSON Patch operation.", json_schema_extra={"x-ms-summary": "Operation"}
+    )
+    path: str = Field(
+        description="A JSON pointer into the resource, e.g. /telecom/0/value.",
+        json_schema_extra={"x-ms-summary": "Path"},
+    )
+    value: Any = Field(
+        default=None,
+        description="The value (any JSON) for add, replace and test.",
+        json_schema_extra={"x-ms-summary": "Value"},
+    )
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        description="The source JSON pointer for move and copy.",
+        json_schema_extra={"x-ms-summary": "From", "x-ms-visibility": "advanced"},
+    )
 
     @field_validator("path", "from_")
     @classmethod
@@ -130,16 +144,73 @@ class PatchOperation(WireModel):
 
 
 class ChangeRequest(WireModel):
-    """The body of ``POST /api/v1/changes`` (DESIGN.md §4)."""
+    """A change to one FHIR R4 resource at one target. `resource` for create and update; `resourceRef` and `patch`
+    (RFC 6902) for patch."""
 
-    target: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-    operation: Operation
-    resource: dict[str, Any] | None = None
-    resource_ref: str | None = None
-    patch: list[PatchOperation] | None = None
-    base_version: str | None = None
-    reason: str | None = Field(default=None, max_length=1024)
-    dry_run: StrictBool = False
+    # The body of POST /api/v1/changes (DESIGN.md §4). The docstring and the fields' descriptions, summaries and
+    # visibilities are what the OpenAPI document (and so a custom connector) shows.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "target": "local-ehr",
+                    "operation": "patch",
+                    "resourceRef": "Patient/123",
+                    "patch": [{"op": "replace", "path": "/telecom/0/value", "value": "555-0100"}],
+                    "baseVersion": "3",
+                    "reason": "Phone number confirmed by the patient",
+                    "dryRun": True,
+                }
+            ]
+        }
+    )
+
+    target: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
+        description="The id of the target FHIR server (config/targets.yaml), e.g. local-ehr.",
+        json_schema_extra={"x-ms-summary": "Target", "x-ms-visibility": "important"},
+    )
+    operation: Operation = Field(
+        description="create, update or patch.",
+        json_schema_extra={"x-ms-summary": "Operation", "x-ms-visibility": "important"},
+    )
+    resource: dict[str, Any] | None = Field(
+        default=None,
+        description="The whole FHIR R4 resource (with resourceType; with id for update).",
+        json_schema_extra={"x-ms-summary": "Resource", "x-ms-visibility": "important"},
+    )
+    resource_ref: str | None = Field(
+        default=None,
+        description="ResourceType/id of the resource to patch.",
+        # The document states the expression _ref checks; a Field pattern would check it twice, in another engine.
+        json_schema_extra={"pattern": RESOURCE_REF.pattern, "x-ms-summary": "Resource reference"},
+    )
+    patch: list[PatchOperation] | None = Field(
+        default=None,
+        description="The JSON Patch operations (patch only; at least one).",
+        json_schema_extra={"x-ms-summary": "Patch"},
+    )
+    base_version: str | None = Field(
+        default=None,
+        description=(
+            'The version the caller read: W/"3", 3 or an opaque version id. When the target has moved on, the '
+            "gateway merges non-overlapping changes or ends the change in conflict."
+        ),
+        json_schema_extra={"x-ms-summary": "Base version", "x-ms-visibility": "advanced"},
+    )
+    reason: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Why the change is made (kept as a hash; goes into the Provenance).",
+        json_schema_extra={"x-ms-summary": "Reason"},
+    )
+    dry_run: StrictBool = Field(
+        default=False,
+        description="Plan only: validate, diff and take the policy decision, then end in planned.",
+        json_schema_extra={"x-ms-summary": "Dry run", "x-ms-visibility": "advanced"},
+    )
 
     @field_validator("base_version", mode="before")
     @classmethod
