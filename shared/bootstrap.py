@@ -261,7 +261,7 @@ class Gateway:
 
     @cached_property
     def approvals(self) -> ApprovalService:
-        return ApprovalService(self.journal, clock=self.clock)
+        return ApprovalService(self.journal, sweep_state=self.sweep_state, clock=self.clock)
 
     @cached_property
     def approval_links(self) -> ApprovalLinks | None:
@@ -279,7 +279,13 @@ class Gateway:
 
     @cached_property
     def operations(self) -> OperationsService:
-        return OperationsService(self.journal, self.publisher, self.sweep_state, clock=self.clock)
+        return OperationsService(
+            self.journal,
+            self.publisher,
+            self.sweep_state,
+            stuck_after=timedelta(minutes=self.settings.stuck_after_minutes),
+            clock=self.clock,
+        )
 
     # --- the HTTP face ------------------------------------------------------------------------------------------
 

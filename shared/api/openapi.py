@@ -597,7 +597,9 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                 "RetryChange",
                 "Retry a change",
                 (
-                    f"Run a failed, conflict or expired change again under the same change id (role {ROLE_OPERATE}); "
+                    f"Run a failed, conflict or expired change again under the same change id (role {ROLE_OPERATE}), "
+                    "or one left writing with no progress for WRITEBACK_STUCK_AFTER_MINUTES (its orchestration "
+                    "stopped; the write is version-checked and tagged, so the target keeps one version); "
                     "409 otherwise, so a second retry does nothing."
                 ),
                 [_change_id()],

@@ -22,7 +22,7 @@ class ApprovalNotices:
         self.base_url = public_base_url.rstrip("/")
 
     def send(self, change_id: str, kind: str) -> dict[str, Any]:
-        record = self.journal.load(change_id)
+        record = self.journal.load(change_id, expect={ChangeStatus.AWAITING_APPROVAL})
         if record.status is not ChangeStatus.AWAITING_APPROVAL:
             return {"changeId": change_id, "status": record.status.value, "notified": False}
         if record.approval is None or record.approval.expires_at is None:

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 from shared.app.journal import ChangeJournal, Step, utcnow
 from shared.core.errors import ForbiddenError, StateConflictError
 from shared.core.models import ChangeRecord, ChangeStatus, Principal
+from shared.core.ports import SweepState
 from shared.core.record_parts import ApprovalState, StoredProblem
 
 Decision = Literal["approve", "reject"]
@@ -81,8 +82,15 @@ def _comment_hash(comment: str | None) -> str | None:
 
 
 class ApprovalService:
-    def __init__(self, journal: ChangeJournal, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        journal: ChangeJournal,
+        *,
+        sweep_state: SweepState | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.journal = journal
+        self.sweep_state = sweep_state
         self._clock = clock
 
     def decide(self, change_id: str, decision: Decision, approver: Approver, comment: str | None) -> ChangeRecord:
@@ -107,6 +115,10 @@ class ApprovalService:
         )
         details = {"approver": approver.id, "via": approver.via, "commentHash": _comment_hash(comment)}
         if decision == "approve":
+            if self.sweep_state is not None:
+                # Its id is older than the outbox sweeper's key range: named, so that the sweeper notices if the
+                # change stops while writing.
+                self.sweep_state.mark_pending(change_id, self._clock())
             steps = [Step("approved", details, actor=approver.id), Step("writing", {})]
             return self.journal.record(record, steps, status=ChangeStatus.WRITING, approval=decided)
         error = StoredProblem.of(RejectedByApproverError("An approver rejected this change"))

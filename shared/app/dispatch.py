@@ -25,7 +25,7 @@ def should_start(journal: ChangeJournal, body: bytes) -> ChangeMessage | None:
     except ValidationError:
         raise PermanentError(detail="the message is not a change message") from None
     try:
-        record = journal.load(message.change_id)
+        record = journal.load(message.change_id, expect={ChangeStatus.ACCEPTED})
     except NotFoundError:
         raise UnknownChangeError(detail=f"no change record for change {message.change_id}") from None
     if record.status is not ChangeStatus.ACCEPTED:

@@ -1,8 +1,11 @@
 """The change journal: a change's record and its append-only lineage, one Table transaction per transition.
 
 It keeps the last record it wrote or read per change in a small per-process cache (with its ETag), so the
-steps of one change running in one process do not read the record again before each write. A stale cached
-record is harmless: the write carries its ETag, fails with ``ConcurrencyError``, and the step reloads.
+steps of one change running in one process do not read the record again before each write. The cache is never the
+truth: in Azure another instance may have moved the change since. A cached record is trusted only to go ahead with
+a write, which carries its ETag and fails with ``ConcurrencyError`` if the record moved (the step reloads); a
+decision to do nothing (a step past its state, a duplicate message) is made on the stored record, read fresh
+(``load(..., expect=...)``).
 Lineage details must never hold PHI: element paths, hashes, versions, actors and outcomes only.
 """
 
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -57,12 +60,18 @@ class ChangeJournal:
         with self._lock:
             self._cache.pop(change_id, None)
 
-    def load(self, change_id: str, *, fresh: bool = False) -> ChangeRecord:
-        """The record (from the cache unless ``fresh``); NotFoundError when there is none."""
+    def load(
+        self, change_id: str, *, fresh: bool = False, expect: Container[ChangeStatus] | None = None
+    ) -> ChangeRecord:
+        """The record (from the cache unless ``fresh``); NotFoundError when there is none.
+
+        With ``expect``, a cached record is used only when its status is one of those: any other status is read
+        again from the store, since the caller would act on it by doing nothing.
+        """
         if not fresh:
             with self._lock:
                 cached = self._cache.get(change_id)
-            if cached is not None:
+            if cached is not None and (expect is None or cached.status in expect):
                 return cached.model_copy()
         record = self.store.get(change_id)
         if record is None:

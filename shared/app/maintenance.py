@@ -44,6 +44,22 @@ class NotDispatchedError(WritebackError):
     detail: str = "The change stayed accepted: its message was probably dead-lettered. Retry it."
 
 
+@dataclass(eq=False)
+class OrchestrationLostError(WritebackError):
+    """A change left ``writing``: its orchestration stopped (or was lost) before the write ended."""
+
+    status: ClassVar[int] = 503
+    code: ClassVar[str] = "orchestration-lost"
+    title: ClassVar[str] = "The change stopped while writing"
+    detail: str = (
+        "The change stayed writing with nothing running it. Retry it: the write is version-checked and tagged with "
+        "the change, so the target keeps one version."
+    )
+
+
+OPEN_STATUSES = (ChangeStatus.ACCEPTED, ChangeStatus.WRITING)
+
+
 @dataclass
 class SweepResult:
     published: int = 0
@@ -55,12 +71,14 @@ class SweepResult:
 class OutboxSweeper:
     """Finds changes left ``accepted``: publishes those never enqueued (MessageId de-duplication makes a second
     message harmless), and fails those enqueued but never started (their message was dead-lettered), so that
-    operators see them in the exception queue and can retry them.
+    operators see them in the exception queue and can retry them. Likewise it fails changes left ``writing`` with
+    no sign of life for ``stuck_after`` (a write waiting to retry records each wait), whose orchestration stopped.
 
     Change ids sort by the time they were taken, so the sweeper reads only a key range: from its cursor, less a
     grace period for an intake that stores its record late, up to ``publish_after`` ago. It then moves the cursor
-    to the oldest change it leaves accepted. Changes put back to ``accepted`` under an older id (an operator's
-    retry, an intake resumed late) are marked pending and checked by name until they move on.
+    to the oldest change it leaves accepted or writing. Changes put back to ``accepted`` or moved to ``writing``
+    under an older id (an operator's retry, an approval, an intake resumed late) are marked pending and checked by
+    name until they move on.
     """
 
     def __init__(
@@ -93,7 +111,7 @@ class OutboxSweeper:
         store = self.intake.journal.store
         for entry in self.state.pending(self.limit):
             record = store.get(entry.change_id)
-            if record is None or record.status is not ChangeStatus.ACCEPTED:
+            if record is None or record.status not in OPEN_STATUSES:
                 # Young marks stay: a retry marks its change before putting it back to accepted.
                 if now - entry.marked_at > self.grace:
                     self.state.clear_pending(entry)
@@ -108,24 +126,26 @@ class OutboxSweeper:
         return True
 
     def _sweep_range(self, now: datetime, result: SweepResult) -> datetime:
-        """Act on the accepted changes in the cursor's key range; return where the next sweep starts."""
+        """Act on the accepted and writing changes in the cursor's key range; return where the next sweep starts."""
         end = now - self.publish_after
         start = self.state.cursor() or now - self.stuck_after
-        oldest_open: datetime | None = None
-        for record in self._accepted(change_id_floor(start - self.grace), change_id_floor(end)):
-            result.read += 1
-            still_open = None if self._limit_reached(result) else self._settle(record, now, result)
-            if still_open is not False and oldest_open is None:
-                oldest_open = change_id_time(record.change_id)
-            if still_open is None:
-                break
-        return min(oldest_open or end, end)
+        oldest_open = end
+        for status in OPEN_STATUSES:
+            for record in self._in(status, change_id_floor(start - self.grace), change_id_floor(end)):
+                result.read += 1
+                still_open = None if self._limit_reached(result) else self._settle(record, now, result)
+                taken_at = change_id_time(record.change_id)
+                if still_open is not False and taken_at is not None:
+                    oldest_open = min(oldest_open, taken_at)
+                if still_open is None:
+                    break
+        return oldest_open
 
-    def _accepted(self, low: str, high: str) -> Iterator[ChangeRecord]:
+    def _in(self, status: ChangeStatus, low: str, high: str) -> Iterator[ChangeRecord]:
         token = None
         while True:
             page = self.intake.journal.store.query(
-                status=ChangeStatus.ACCEPTED, change_ids=(low, high), page_size=100, continuation_token=token
+                status=status, change_ids=(low, high), page_size=100, continuation_token=token
             )
             yield from page.items
             token = page.continuation_token
@@ -136,8 +156,10 @@ class OutboxSweeper:
         return result.published + result.failed >= self.limit
 
     def _settle(self, record: ChangeRecord, now: datetime, result: SweepResult) -> bool | None:
-        """Publish or fail one accepted change. True: it stays accepted; False: it is failed now; None: the
-        publisher is down."""
+        """Publish or fail one accepted change, or fail a writing one that stopped. True: it stays as it is;
+        False: it is failed now; None: the publisher is down."""
+        if record.status is ChangeStatus.WRITING:
+            return self._fail_if_stuck(record, now, result, OrchestrationLostError())
         if not record.enqueued:
             if record.updated_at > now - self.publish_after:
                 return True
@@ -154,14 +176,17 @@ class OutboxSweeper:
             self.intake.mark_enqueued(record)
             result.published += 1
             return True
+        return self._fail_if_stuck(record, now, result, NotDispatchedError())
+
+    def _fail_if_stuck(self, record: ChangeRecord, now: datetime, result: SweepResult, error: WritebackError) -> bool:
         if record.updated_at > now - self.stuck_after:
             return True
         try:
             self.intake.journal.record(
                 record,
-                [Step("failed", {"code": "not-dispatched"})],
+                [Step("failed", {"code": error.code})],
                 status=ChangeStatus.FAILED,
-                error=StoredProblem.of(NotDispatchedError()),
+                error=StoredProblem.of(error),
             )
         except ConcurrencyError:
             return True  # it moved meanwhile: it was picked up after all

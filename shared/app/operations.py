@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from shared.app.journal import ChangeJournal, Step, utcnow
@@ -52,19 +52,27 @@ class OperationsService:
         publisher: MessagePublisher,
         sweep_state: SweepState,
         *,
+        stuck_after: timedelta = timedelta(minutes=30),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.journal = journal
         self.publisher = publisher
         self.sweep_state = sweep_state
+        self.stuck_after = stuck_after
         self._clock = clock
 
+    def _stopped_writing(self, record: ChangeRecord) -> bool:
+        """A change left ``writing`` with no sign of life for ``stuck_after``: its orchestration stopped."""
+        return record.status is ChangeStatus.WRITING and record.updated_at <= self._clock() - self.stuck_after
+
     def retry(self, change_id: str, actor: str, *, replan: bool = False, comment: str | None = None) -> ChangeRecord:
-        """Run a failed / conflicting / expired change again; with ``replan``, on the target's current version."""
+        """Run a failed / conflicting / expired change again, or one whose orchestration stopped while it was
+        writing; with ``replan``, on the target's current version."""
         record = self.journal.load(change_id, fresh=True)
-        if record.status not in RETRYABLE:
+        if record.status not in RETRYABLE and not self._stopped_writing(record):
             raise StateConflictError(
-                f"The change is {record.status.value}; only failed, conflict or expired changes can be retried"
+                f"The change is {record.status.value}; only failed, conflict or expired changes, or changes "
+                f"writing with no progress for {int(self.stuck_after.total_seconds() // 60)} minutes, can be retried"
             )
         if replan and record.status is not ChangeStatus.CONFLICT:
             raise StateConflictError("Only a change in conflict can be re-planned")

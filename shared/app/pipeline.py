@@ -17,7 +17,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -47,6 +47,7 @@ from shared.core.targets import TargetConfig, TargetRegistry
 from shared.core.telemetry import conflicts, retries, write_latency
 
 StepResult = dict[str, Any]
+RUNNING_STATUSES = frozenset(s for s in ChangeStatus if not s.is_terminal)
 
 
 class RetriesExhaustedError(PermanentError):
@@ -110,8 +111,17 @@ class ChangePipeline:
 
     # --- shared plumbing ---------------------------------------------------------------------------------------
 
-    def _run(self, change_id: str, step: Callable[[ChangeRecord], StepResult], attempt: int = 0) -> StepResult:
-        """Run a step on the cached record (once more on a fresh one if it went stale).
+    def _run(
+        self,
+        change_id: str,
+        step: Callable[[ChangeRecord], StepResult],
+        handles: Container[ChangeStatus],
+        attempt: int = 0,
+    ) -> StepResult:
+        """Run a step on the record (once more on a fresh one if it went stale).
+
+        The cached record serves only when it is in a state the step ``handles``; otherwise the step would answer
+        "nothing to do", and that is decided on the stored record (another instance may have moved the change).
 
         A transient downstream failure is not raised: the step answers ``retry`` with how long to wait (the larger of
         the target's ``Retry-After`` and an exponential backoff, with jitter), and the orchestration waits on a
@@ -119,7 +129,7 @@ class ChangePipeline:
         """
         try:
             try:
-                return step(self.journal.load(change_id))
+                return step(self.journal.load(change_id, expect=handles))
             except ConcurrencyError:
                 return step(self.journal.load(change_id, fresh=True))
         except RetryableError as exc:
@@ -159,7 +169,7 @@ class ChangePipeline:
     # --- prepare ---------------------------------------------------------------------------------------------
 
     def prepare(self, change_id: str, attempt: int = 0) -> StepResult:
-        return self._run(change_id, self._prepare, attempt)
+        return self._run(change_id, self._prepare, {ChangeStatus.ACCEPTED}, attempt)
 
     def _prepare(self, record: ChangeRecord) -> StepResult:
         if record.status is not ChangeStatus.ACCEPTED:
@@ -314,7 +324,7 @@ class ChangePipeline:
     # --- write -----------------------------------------------------------------------------------------------
 
     def write(self, change_id: str, attempt: int = 0) -> StepResult:
-        return self._run(change_id, self._write, attempt)
+        return self._run(change_id, self._write, {ChangeStatus.WRITING}, attempt)
 
     def _write_input(self, record: ChangeRecord) -> WriteInput:
         """The plan to write, the caller's reason and patch: one payload read (two for a plan stored before the
@@ -470,7 +480,7 @@ class ChangePipeline:
             done = self.journal.record(record, [Step("expired", {})], status=ChangeStatus.EXPIRED, approval=approval)
             return outcome(done)
 
-        return self._run(change_id, step)
+        return self._run(change_id, step, {ChangeStatus.AWAITING_APPROVAL})
 
     def fail(self, change_id: str, detail: str) -> StepResult:
         def step(record: ChangeRecord) -> StepResult:
@@ -482,4 +492,4 @@ class ChangePipeline:
             )
             return outcome(done)
 
-        return self._run(change_id, step)
+        return self._run(change_id, step, RUNNING_STATUSES)

@@ -6,7 +6,8 @@ wire form (status, plan, approval, result, error), its lineage, and the versions
 proves every branch of ``prepare`` (allow, approve with deadline / reminder / notify, deny, dry run, no change,
 not found, a base version that conflicts or merges, a failing or refusing target) and of ``write`` (written and
 verified, 412 merged or in conflict, retryable and permanent errors, drift, repeated runs), plus ``expire`` and
-``fail``. Tests marked ``xfail(strict=True)`` show bugs found while writing them.
+``fail``. A step never decides to do nothing on a record cached in its process (another instance may have moved
+the change): the "another process" tests failed while it did.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import pytest
 
 from shared.adapters.fhir_http import error_for
 from shared.app.approvals import ApprovalService, Approver
+from shared.app.dispatch import should_start
 from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
 from shared.app.operations import OperationsService
 from shared.app.pipeline import ChangePipeline
 from shared.core.errors import NotFoundError, RetryableError
-from shared.core.models import LineageEvent, Principal
+from shared.core.models import ChangeMessage, LineageEvent, Principal
 from shared.core.policy import Policy
 from shared.core.record_parts import PayloadRef
 from shared.core.targets import TargetConfig, TargetRegistry
@@ -659,13 +661,6 @@ def test_a_write_rerun_in_a_process_with_a_stale_cached_record_writes_nothing_mo
     assert len(gw.history()) == 2 and gw.events(change_id) == events
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/app/pipeline.py:112/319 — _run hands the step the journal's per-process CACHED record; a change "
-    "approved in another process is still awaiting_approval in this cache, so _write returns early (no write, so no "
-    "ConcurrencyError to force a fresh load) and answers 'awaiting_approval'; the orchestrator then ends with the "
-    "record stuck in 'writing'",
-)
 def test_a_change_approved_in_another_process_is_written_by_this_one(gw: Gateway) -> None:
     change_id, _ = awaiting(gw)  # this process cached the change as awaiting_approval
     elsewhere = ChangeJournal(gw.store, clock=gw.clock)
@@ -674,12 +669,6 @@ def test_a_change_approved_in_another_process_is_written_by_this_one(gw: Gateway
     assert gw.pipeline.write(change_id) == {"changeId": change_id, "status": "completed"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/app/pipeline.py:112/147 — same stale cache: an operator's retry (back to 'accepted') recorded in "
-    "another process is answered with the cached 'failed' by prepare, so the retried orchestration ends at once "
-    "and the record stays 'accepted' (shared/app/dispatch.py:28 reads the same cache and may drop the message)",
-)
 def test_an_operator_retry_recorded_in_another_process_is_prepared_again(gw: Gateway) -> None:
     change_id = gw.submit(patch_telecom())
     gw.fhir.fail_next(http_error(403, method="GET", rtype="Patient"), interactions=["read"])
@@ -689,6 +678,23 @@ def test_an_operator_retry_recorded_in_another_process_is_prepared_again(gw: Gat
     )
     assert operations.retry(change_id, "operator").status == "accepted"
     assert gw.pipeline.prepare(change_id) == {"changeId": change_id, "status": "writing"}
+
+
+def test_a_retry_message_is_started_though_this_process_cached_the_change_as_failed(gw: Gateway) -> None:
+    change_id = gw.submit(patch_telecom())
+    gw.fhir.fail_next(http_error(403, method="GET", rtype="Patient"), interactions=["read"])
+    assert gw.pipeline.prepare(change_id)["status"] == "failed"
+    OperationsService(
+        ChangeJournal(gw.store, clock=gw.clock), FakeMessagePublisher(), FakeSweepState(), clock=gw.clock
+    ).retry(change_id, "operator")
+    message = ChangeMessage(change_id=change_id, target="local-ehr", kind="retry", attempt=1)
+    assert should_start(gw.journal, message.model_dump_json(by_alias=True).encode()) == message
+
+
+def test_a_duplicate_message_is_still_dropped(gw: Gateway) -> None:
+    change_id = writing(gw)
+    message = ChangeMessage(change_id=change_id, target="local-ehr")
+    assert should_start(ChangeJournal(gw.store), message.model_dump_json(by_alias=True).encode()) is None
 
 
 # --- expire and fail ----------------------------------------------------------------------------------------

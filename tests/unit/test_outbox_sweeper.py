@@ -1,5 +1,6 @@
 """The outbox sweeper reads a key range of time-ordered change ids, not the whole changes table, and still finds every
-change left accepted: unpublished ones, dead-lettered ones, an operator's retry, an intake resumed hours later."""
+change left accepted: unpublished ones, dead-lettered ones, an operator's retry, an intake resumed hours later; and
+every change left writing by an orchestration that stopped, approved long after its id was taken or not."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from shared.app.approvals import ApprovalService, Approver
 from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal, Step
 from shared.app.maintenance import OutboxSweeper
 from shared.app.operations import OperationsService
 from shared.core.change_ids import change_id_floor, change_id_time, new_change_id
-from shared.core.errors import RetryableError
+from shared.core.errors import RetryableError, StateConflictError
 from shared.core.models import ChangeRecord, ChangeStatus, IdempotencyRecord, Principal
 from shared.core.targets import TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
@@ -229,3 +231,44 @@ def test_a_limit_leaves_the_rest_for_the_next_sweep() -> None:
     assert gw.sweep().published == 2
     assert gw.sweep().published == 1
     assert sorted(gw.published()) == sorted(ids)
+
+
+def writing(gw: Gateway, change_id: str) -> None:
+    """What prepare does for an allowed change: it moves to ``writing``; then its orchestration stops."""
+    gw.journal.record(gw.record(change_id), [Step("writing")], status=ChangeStatus.WRITING)
+
+
+def test_a_change_whose_orchestration_stopped_while_writing_is_failed_for_operators(gw: Gateway) -> None:
+    change = gw.submit("k1")
+    writing(gw, change.change_id)
+    assert gw.sweep(timedelta(minutes=10)).failed == 0
+    assert gw.sweep(timedelta(minutes=10)).cursor == change_id_time(change.change_id), "held while it writes"
+    assert gw.sweep(timedelta(minutes=11)).failed == 1
+    lost = gw.record(change.change_id)
+    assert lost.status is ChangeStatus.FAILED and lost.error is not None and lost.error.code == "orchestration-lost"
+    assert gw.sweep(timedelta(minutes=1)).cursor == gw.clock.now - timedelta(seconds=60)
+
+
+def test_a_change_approved_days_after_its_id_was_taken_is_watched_while_writing(gw: Gateway) -> None:
+    change = gw.submit("k1")
+    gw.journal.record(gw.record(change.change_id), [Step("asked")], status=ChangeStatus.AWAITING_APPROVAL)
+    gw.sweep(timedelta(days=2))  # the cursor moves on: the change is not accepted
+    approvals = ApprovalService(gw.journal, sweep_state=gw.state, clock=gw.clock)
+    approvals.decide(change.change_id, "approve", Approver("boss", None, "api"), None)
+    assert gw.sweep(timedelta(minutes=5)).failed == 0
+    assert [e.change_id for e in gw.state.pending()] == [change.change_id]
+    assert gw.sweep(timedelta(minutes=31)).failed == 1
+    assert gw.record(change.change_id).status is ChangeStatus.FAILED
+    gw.sweep(timedelta(minutes=20))
+    assert gw.state.pending() == []
+
+
+def test_the_retry_api_takes_a_change_that_stopped_writing_but_not_one_still_writing(gw: Gateway) -> None:
+    change = gw.submit("k1")
+    writing(gw, change.change_id)
+    gw.clock.now += timedelta(minutes=29)
+    with pytest.raises(StateConflictError, match="writing with no progress for 30 minutes"):
+        gw.operations.retry(change.change_id, "operator-1")
+    gw.clock.now += timedelta(minutes=1)
+    retried = gw.operations.retry(change.change_id, "operator-1")
+    assert retried.status is ChangeStatus.ACCEPTED and gw.publisher.sent[-1].kind == "retry"
