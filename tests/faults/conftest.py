@@ -31,13 +31,15 @@ import pytest
 import yaml
 
 from devhost.endpoints import gateway_environment
-from tests.e2e.conftest import AUDIT, TERMINAL, Gateway, stop_gateway
+from tests.e2e.conftest import AUDIT, TERMINAL, Gateway, gateway, stop_gateway
 from tools.services.process import REPO_ROOT, free_port
 
 if TYPE_CHECKING:
     from tools.services.fhir_server import FhirServer
 
-__all__ = ["AUDIT", "TERMINAL", "Gateway", "stop_gateway"]
+# ``gateway``: the e2e suite's session gateway, for the modules that send it bad input (one that restarts or
+# reconfigures its gateway defines a fixture of that name of its own).
+__all__ = ["AUDIT", "TERMINAL", "Gateway", "gateway", "stop_gateway"]
 
 CHANGE_TAG = "urn:writeback:change"
 SUMMARY_FILE = "faults-summary.json"
