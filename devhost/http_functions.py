@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -165,22 +165,28 @@ def _constraint(name: str, arg: str | None) -> Callable[[str], bool]:
     raise ValueError(f"unknown route constraint {name!r}")
 
 
-def _read_parameter(template: str, start: int) -> tuple[str, int]:
-    """The text of the parameter opening at ``start - 1`` (``{{``/``}}`` unescaped) and the index after its ``}``."""
-    inner: list[str] = []
-    i = start
+def _template_chars(template: str) -> Iterator[tuple[str, bool]]:
+    """The template's characters in order, as (character, escaped): ``{{`` and ``}}`` are one escaped brace each."""
+    i = 0
     while i < len(template):
         pair = template[i : i + 2]
         if pair in ("{{", "}}"):
-            inner.append(pair[0])
+            yield pair[0], True
             i += 2
-        elif template[i] == "}":
-            return "".join(inner), i + 1
-        elif template[i] == "{":
-            raise ValueError(f"unescaped '{{' inside a parameter of route template {template!r}")
         else:
-            inner.append(template[i])
+            yield template[i], False
             i += 1
+
+
+def _read_parameter(chars: Iterator[tuple[str, bool]], template: str) -> str:
+    """The text of the parameter whose ``{`` ``chars`` has just given (escaped braces unescaped), up to its ``}``."""
+    inner: list[str] = []
+    for char, escaped in chars:
+        if not escaped and char == "}":
+            return "".join(inner)
+        if not escaped and char == "{":
+            raise ValueError(f"unescaped '{{' inside a parameter of route template {template!r}")
+        inner.append(char)
     raise ValueError(f"unterminated parameter in route template {template!r}")
 
 
@@ -236,25 +242,20 @@ def _parse_template(template: str) -> list[list[_Part]]:
             segments[-1].append("".join(literal))
             literal.clear()
 
-    i = 0
-    while i < len(template):
-        pair = template[i : i + 2]
-        if pair in ("{{", "}}"):
-            literal.append(pair[0])
-            i += 2
-        elif template[i] == "{":
+    chars = _template_chars(template)
+    for char, escaped in chars:
+        if escaped:
+            literal.append(char)
+        elif char == "{":
             flush()
-            text, i = _read_parameter(template, i + 1)
-            segments[-1].append(_parse_parameter(text, template))
-        elif template[i] == "}":
+            segments[-1].append(_parse_parameter(_read_parameter(chars, template), template))
+        elif char == "}":
             raise ValueError(f"unbalanced '}}' in route template {template!r}")
-        elif template[i] == "/":
+        elif char == "/":
             flush()
             segments.append([])
-            i += 1
         else:
-            literal.append(template[i])
-            i += 1
+            literal.append(char)
     flush()
     if segments == [[]]:
         return []

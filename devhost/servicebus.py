@@ -468,21 +468,28 @@ def _optional_time(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else _utc(timestamp)
 
 
+def _message_fields(row: sqlite3.Row) -> dict[str, Any]:
+    """The fields a received message and a dead letter both take from a message row."""
+    return {
+        "queue": row["queue"],
+        "body": bytes(row["body"]),
+        "message_id": row["message_id"],
+        "sequence_number": row["seq"],
+        "delivery_count": row["delivery_count"],
+        "enqueued_time": _utc(row["enqueued_at"]),
+        "application_properties": json.loads(row["properties"]),
+        "content_type": row["content_type"],
+        "correlation_id": row["correlation_id"],
+        "subject": row["subject"],
+        "session_id": row["session_id"],
+    }
+
+
 def _received(row: sqlite3.Row) -> ReceivedMessage:
     return ReceivedMessage(
-        queue=row["queue"],
-        body=bytes(row["body"]),
-        message_id=row["message_id"],
-        sequence_number=row["seq"],
-        delivery_count=row["delivery_count"],
-        enqueued_time=_utc(row["enqueued_at"]),
+        **_message_fields(row),
         locked_until=_utc(row["locked_until"]),
         lock_token=row["lock_token"],
-        application_properties=json.loads(row["properties"]),
-        content_type=row["content_type"],
-        correlation_id=row["correlation_id"],
-        subject=row["subject"],
-        session_id=row["session_id"],
         expires_at=_optional_time(row["expires_at"]),
         time_to_live=None if row["ttl"] is None else timedelta(seconds=row["ttl"]),
         scheduled_enqueue_time=_utc(row["enqueued_at"]) if row["scheduled"] else None,
@@ -491,18 +498,8 @@ def _received(row: sqlite3.Row) -> ReceivedMessage:
 
 def _dead_letter(row: sqlite3.Row) -> DeadLetter:
     return DeadLetter(
-        queue=row["queue"],
-        message_id=row["message_id"],
-        sequence_number=row["seq"],
-        body=bytes(row["body"]),
-        application_properties=json.loads(row["properties"]),
+        **_message_fields(row),
         reason=row["dl_reason"],
         description=row["dl_description"],
-        delivery_count=row["delivery_count"],
-        enqueued_time=_utc(row["enqueued_at"]),
         dead_lettered_time=_utc(row["dl_at"]),
-        content_type=row["content_type"],
-        correlation_id=row["correlation_id"],
-        subject=row["subject"],
-        session_id=row["session_id"],
     )

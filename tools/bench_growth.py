@@ -51,20 +51,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from azure.data.tables import TableClient, TableServiceClient
+from azure.data.tables import TableClient
 
-from shared.adapters.table_change_store import (
-    TableChangeStore,
-    newest_first_key,
-    record_entity,
-    resource_partition,
-)
+from shared.adapters.table_change_store import newest_first_key, record_entity, resource_partition
 from shared.adapters.table_codec import pack_json
 from shared.adapters.table_maintenance import MAX_BATCH
-from shared.adapters.table_sweep_state import TableSweepState
-from shared.app.intake import IntakeService
-from shared.app.journal import ChangeJournal
-from shared.app.maintenance import OutboxSweeper
+from shared.bootstrap import Gateway, build
+from shared.config import Settings
 from shared.core.change_ids import new_change_id
 from shared.core.fhir_validation import validate_resource, validation_issues
 from shared.core.models import (
@@ -75,6 +68,7 @@ from shared.core.models import (
     Principal,
     ResourceChange,
 )
+from shared.core.ports import ChangeStore
 from shared.core.record_parts import PayloadRef
 from shared.core.targets import TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
@@ -204,7 +198,7 @@ def _changes(resource_id: str, size: int) -> list[ResourceChange]:
     ]
 
 
-def _check_entity_shape(store: TableChangeStore, table: TableClient, entry: ResourceChange) -> None:
+def _check_entity_shape(store: ChangeStore, table: TableClient, entry: ResourceChange) -> None:
     """Write ``entry`` with the real ``index_resource`` and compare the stored row with ``_index_entity``."""
     store.index_resource(entry)
     expected = _index_entity(entry)
@@ -224,7 +218,7 @@ def _populate(table: TableClient, entries: Iterable[ResourceChange]) -> None:
             pass
 
 
-def _walk(store: TableChangeStore, resource_id: str, page_size: int) -> tuple[int, int]:
+def _walk(store: ChangeStore, resource_id: str, page_size: int) -> tuple[int, int]:
     """Read the whole history page by page; (pages, changes returned)."""
     pages = returned = 0
     token: str | None = None
@@ -258,10 +252,9 @@ def lineage_query_growth(
 
     Uses tables with a fresh random prefix and deletes them before returning.
     """
-    service = TableServiceClient.from_connection_string(connection_string)
     prefix = "bgrow" + uuid.uuid4().hex[:8]
-    store = TableChangeStore(service, prefix=prefix)
-    store.ensure_tables()
+    gateway = _on_tables(connection_string, prefix)
+    service, store = gateway.table_service, gateway.change_store
     table = service.get_table_client(f"{prefix}resources")
     rows: list[dict[str, Any]] = []
     try:
@@ -314,6 +307,22 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 _RECENT_ACCEPTED = 20
 
 
+def _on_tables(connection_string: str, prefix: str, **overrides: Any) -> Gateway:
+    """The gateway's parts over Table storage at ``connection_string`` (tables named with ``prefix``), built by the
+    composition root; ``overrides`` replace parts by name."""
+    settings = Settings(
+        storage_connection_string=connection_string,
+        table_prefix=prefix,
+        targets_file=_REPO_ROOT / "config" / "targets.yaml",
+        policy_file=_REPO_ROOT / "config" / "policy.yaml",
+        # What the sweep figures assume (the defaults), whatever the environment says.
+        sweep_after_seconds=60,
+        stuck_after_minutes=30,
+        sweep_grace_minutes=15,
+    )
+    return build(settings, **overrides)
+
+
 def _record(change_id: str, status: ChangeStatus, at: datetime) -> ChangeRecord:
     return ChangeRecord(
         change_id=change_id,
@@ -347,31 +356,18 @@ def sweep_queue_growth(connection_string: str, sizes: Sequence[int] = SWEEP_SIZE
 
     Uses tables with a fresh random prefix and deletes them before returning.
     """
-    service = TableServiceClient.from_connection_string(connection_string)
     prefix = "bsweep" + uuid.uuid4().hex[:8]
-    store, state = TableChangeStore(service, prefix=prefix), TableSweepState(service, prefix=prefix)
-    store.ensure_tables()
-    state.ensure_tables()
-    changes = service.get_table_client(f"{prefix}changes")
-    now = datetime.now(UTC)
-    intake = IntakeService(
-        idempotency=FakeIdempotencyStore(),
-        journal=ChangeJournal(store),
-        payloads=FakePayloadStore(),
+    gateway = _on_tables(
+        connection_string,
+        prefix,
+        idempotency_store=FakeIdempotencyStore(),
+        payload_store=FakePayloadStore(),
         publisher=FakeMessagePublisher(),
         targets=TargetRegistry.from_file(_REPO_ROOT / "config" / "targets.yaml", {}),
-        max_body_bytes=1_048_576,
-        retention=timedelta(hours=72),
-        sweep_state=state,
-        sweep_grace=timedelta(minutes=15),
     )
-    sweeper = OutboxSweeper(
-        intake,
-        state,
-        publish_after=timedelta(seconds=60),
-        stuck_after=timedelta(minutes=30),
-        grace=timedelta(minutes=15),
-    )
+    service, store, sweeper = gateway.table_service, gateway.change_store, gateway.sweeper
+    changes = service.get_table_client(f"{prefix}changes")
+    now = datetime.now(UTC)
     for i in range(_RECENT_ACCEPTED):
         at = now - timedelta(minutes=10) + timedelta(seconds=i)
         record = _record(new_change_id(at), ChangeStatus.ACCEPTED, at)

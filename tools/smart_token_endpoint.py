@@ -21,19 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import jwt
 
-HOST = "127.0.0.1"
+from tools.loopback_http import JsonHandler, LoopbackServer, serve_until_stopped
+
 TOKEN_PATH = "/token"  # noqa: S105 (a URL path)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ("RS384", "ES384")
@@ -144,20 +142,17 @@ class Authority:
             return {"tokens_issued": self.tokens_issued, "requests": self.requests, "refused": self.refused}
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: SmartTokenServer
-    protocol_version = "HTTP/1.1"
+    log_name = "smart-token-endpoint"
 
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        if url.path == "/healthz":
-            self._json(200, {"status": "ok"})
-        elif url.path == "/_control/stats":
+    def get(self, url: SplitResult) -> None:
+        if url.path == "/_control/stats":
             self._json(200, self.server.authority.stats())
         else:
-            self._json(404, {"error": "not_found", "error_description": f"No route {url.path}"})
+            self._not_found(url.path)
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -185,29 +180,12 @@ class Handler(BaseHTTPRequestHandler):
                 authority.tokens_issued = authority.requests = authority.refused = authority.fail_count = 0
             self._json(200, authority.stats())
         else:
-            self._json(404, {"error": "not_found", "error_description": f"No route {url.path}"})
-
-    def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"smart-token-endpoint: {self.address_string()} {format % args}\n")
+            self._not_found(url.path)
 
 
-class SmartTokenServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class SmartTokenServer(LoopbackServer):
     def __init__(self, port: int, client_id: str, jwks: dict[str, Any], ttl: int) -> None:
-        super().__init__((HOST, port), Handler)
-        self.base_url = f"http://{HOST}:{self.server_address[1]}"
+        super().__init__(port, Handler)
         self.authority = Authority(client_id=client_id, jwks=jwks, ttl=ttl, token_url=self.base_url + TOKEN_PATH)
 
 
@@ -224,28 +202,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_signal(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(0)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     jwks = json.loads(args.jwks_file.read_text())
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
         raise SystemExit(f"{args.jwks_file}: expected a JWKS ({{'keys': [...]}})")
     server = SmartTokenServer(args.port, args.client_id, jwks, args.ttl)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    print(
+    serve_until_stopped(
+        server,
         f"smart-token-endpoint listening on {server.authority.token_url} (client {args.client_id}, "
         f"{len(jwks['keys'])} key(s), expires_in {args.ttl})",
-        flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
 
 
 if __name__ == "__main__":

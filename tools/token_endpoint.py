@@ -20,22 +20,20 @@ import hashlib
 import hmac
 import json
 import os
-import signal
-import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import SplitResult, parse_qs
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-HOST = "127.0.0.1"
+from tools.loopback_http import JsonHandler, LoopbackServer, serve_until_stopped
+
 API_VERSION = "2019-08-01"
 IDENTITY_HEADER_ENV = "TOKEN_ENDPOINT_IDENTITY_HEADER"
 # Fixed fake identities, recognisable in logs; not real Entra ID objects.
@@ -118,15 +116,12 @@ class TokenIssuer:
         }
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: TokenServer
-    protocol_version = "HTTP/1.1"
+    log_name = "token-endpoint"
 
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        if url.path == "/healthz":
-            self._json(200, {"status": "ok"})
-        elif url.path == "/.well-known/jwks.json":
+    def get(self, url: SplitResult) -> None:
+        if url.path == "/.well-known/jwks.json":
             self._json(200, {"keys": [self.server.issuer.key.jwk]})
         elif url.path == "/.well-known/openid-configuration":
             jwks_uri = f"{self.server.base_url}/.well-known/jwks.json"
@@ -136,7 +131,7 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/_control/stats":
             self._json(200, {"tokens_issued": self.server.issuer.issued})
         else:
-            self._json(404, {"error": "not_found", "error_description": f"No route {url.path}"})
+            self._not_found(url.path)
 
     def _token(self, query: dict[str, list[str]]) -> None:
         presented = self.headers.get("X-IDENTITY-HEADER", "")
@@ -158,26 +153,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._json(200, self.server.issuer.issue(resource, selectors[0] if selectors else None))
 
-    def _json(self, status: int, body: dict[str, Any]) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(payload)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"token-endpoint: {self.address_string()} {format % args}\n")
-
-
-class TokenServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class TokenServer(LoopbackServer):
     def __init__(self, port: int, identity_header: str, key: SigningKey, ttl: int, issuer: str | None) -> None:
-        super().__init__((HOST, port), Handler)
+        super().__init__(port, Handler)
         self.identity_header = identity_header
-        self.base_url = f"http://{HOST}:{self.server_address[1]}"
         self.issuer = TokenIssuer(key=key, issuer=issuer or f"{self.base_url}/", ttl=ttl)
 
 
@@ -200,25 +180,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_signal(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(0)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     server = TokenServer(args.port, args.identity_header, SigningKey.load(args.key_file), args.ttl, args.issuer)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    print(
+    serve_until_stopped(
+        server,
         f"token-endpoint listening on {server.base_url} (IDENTITY_ENDPOINT={server.base_url}/msi/token, "
         f"JWKS {server.base_url}/.well-known/jwks.json, kid {server.issuer.key.kid})",
-        flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
 
 
 if __name__ == "__main__":

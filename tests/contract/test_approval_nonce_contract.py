@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.data.tables import TableServiceClient
 
 from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
 from shared.app.approval_links import ApprovalLinkSigner, ApprovalNonceStore
 from shared.core.errors import AlreadyExistsError
 from shared.fakes.approval_nonces import FakeApprovalNonceStore
+from tests.contract.tables import FAKE_OR_AZURITE, fake_or_table
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 EXPIRES = NOW + timedelta(hours=72)
 
 
-@pytest.fixture(params=["fake", pytest.param("azurite", marks=pytest.mark.integration)])
-def store(request: pytest.FixtureRequest) -> Iterator[ApprovalNonceStore]:
-    if request.param == "fake":
-        yield FakeApprovalNonceStore()
-        return
-    azurite = request.getfixturevalue("azurite")
-    tables = TableServiceClient.from_connection_string(azurite.connection_string)
-    nonces = TableApprovalNonceStore(tables, prefix="t" + uuid.uuid4().hex[:10])
-    nonces.ensure_tables()
-    nonces.ensure_tables()  # idempotent
-    yield nonces
+@pytest.fixture(params=FAKE_OR_AZURITE)
+def store(request: pytest.FixtureRequest) -> ApprovalNonceStore:
+    return fake_or_table(request, FakeApprovalNonceStore, TableApprovalNonceStore)
 
 
 def test_a_nonce_is_used_once(store: ApprovalNonceStore) -> None:

@@ -31,6 +31,7 @@ from shared.core.models import (
 from shared.core.ports import ChangeStore, IdempotencyStore, PayloadStore
 from shared.core.record_parts import ChangeResult
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore
+from tests.contract.tables import FAKE_OR_AZURITE
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 INLINE_MAX = 1000
@@ -43,7 +44,7 @@ class Stores:
     payloads: PayloadStore
 
 
-@pytest.fixture(params=["fake", pytest.param("azurite", marks=pytest.mark.integration)])
+@pytest.fixture(params=FAKE_OR_AZURITE)
 def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
     if request.param == "fake":
         yield Stores(FakeIdempotencyStore(), FakeChangeStore(), FakePayloadStore(inline_max_bytes=INLINE_MAX))

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.data.tables import TableServiceClient
 
 from shared.adapters.table_sweep_state import TableSweepState
 from shared.core.change_ids import new_change_id
 from shared.core.ports import SweepState
 from shared.fakes.stores import FakeSweepState
+from tests.contract.tables import FAKE_OR_AZURITE, fake_or_table
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["fake", pytest.param("azurite", marks=pytest.mark.integration)])
-def state(request: pytest.FixtureRequest) -> Iterator[SweepState]:
-    if request.param == "fake":
-        yield FakeSweepState()
-        return
-    azurite = request.getfixturevalue("azurite")
-    tables = TableServiceClient.from_connection_string(azurite.connection_string)
-    table_state = TableSweepState(tables, prefix="t" + uuid.uuid4().hex[:10])
-    table_state.ensure_tables()
-    table_state.ensure_tables()  # idempotent
-    yield table_state
+@pytest.fixture(params=FAKE_OR_AZURITE)
+def state(request: pytest.FixtureRequest) -> SweepState:
+    return fake_or_table(request, FakeSweepState, TableSweepState)
 
 
 def test_the_cursor_starts_empty_and_keeps_the_last_value(state: SweepState) -> None:

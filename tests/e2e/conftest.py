@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tools.services.process import REPO_ROOT, free_port
 SUBMIT = ["Writeback.Submit"]
 AUDIT = ["Writeback.Audit"]
 TERMINAL = {"completed", "planned", "rejected", "conflict", "failed", "expired", "cancelled"}
+CHANGE_QUEUE = "writeback-changes"
 
 
 @dataclass
@@ -69,6 +71,40 @@ class Gateway:
                 raise TimeoutError(f"change {change_id} still {body['status']}")
             time.sleep(0.05)
 
+    def wait_for_status(self, change_id: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Poll the change until its status is ``status`` (terminal or not); its status body."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body: dict[str, Any] = self.status(change_id).json()
+            if body["status"] == status:
+                return body
+            assert time.monotonic() < deadline, body
+            time.sleep(0.05)
+
+    def redeliver(self, change_id: str, times: int) -> None:
+        """The change's message sent ``times`` more, with new MessageIds: as redeliveries after the duplicate-detection
+        window of Service Bus."""
+        message = {"changeId": change_id, "target": "local-ehr", "kind": "change"}
+        for i in range(times):
+            resp = httpx.post(
+                f"{self.base}/runtime/servicebus/{CHANGE_QUEUE}/messages",
+                json={
+                    "body": json.dumps(message),
+                    "messageId": f"{change_id}-again-{i}",
+                    "contentType": "application/json",
+                },
+                timeout=10,
+            )
+            assert resp.status_code == 201, resp.text
+
+    def wait_queue_drained(self, timeout: float = 10.0) -> None:
+        """Wait until the change queue holds no active message, and a little more for the last delivery's call."""
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.base}/runtime/servicebus/{CHANGE_QUEUE}", timeout=10).json()["active"] > 0:
+            assert time.monotonic() < deadline, "the queue did not drain"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the last delivery's dispatcher call finishes after the message left the queue
+
     def lineage(self, change_id: str) -> list[dict[str, Any]]:
         resp = httpx.get(f"{self.api}/changes/{change_id}/lineage", headers=self.headers("crm", AUDIT), timeout=30)
         assert resp.status_code == 200, resp.text
@@ -88,6 +124,49 @@ class Gateway:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def put_patient(gw: Gateway, resource_id: str, **extra: Any) -> dict[str, Any]:
+    """A Patient (Pat Tester, female, born 1980, a home phone) written straight to the target, as the target stored
+    it; ``extra`` adds or replaces elements."""
+    resource = {
+        "resourceType": "Patient",
+        "id": resource_id,
+        "name": [{"family": "Tester", "given": ["Pat"]}],
+        "gender": "female",
+        "birthDate": "1980-01-01",
+        "telecom": [{"system": "phone", "value": "555-0000", "use": "home"}],
+        **extra,
+    }
+    resp = gw.fhir_put(resource)
+    assert resp.status_code in (200, 201), resp.text
+    stored: dict[str, Any] = resp.json()
+    return stored
+
+
+def heart_rate(patient: dict[str, Any], value: int = 72, **extra: Any) -> dict[str, Any]:
+    """A heart-rate Observation (a vital sign) of ``patient``; ``extra`` adds elements."""
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": f"Patient/{patient['id']}"},
+        "effectiveDateTime": "2026-11-25T10:00:00Z",
+        "valueQuantity": {
+            "value": value,
+            "unit": "beats/minute",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
+        **extra,
+    }
 
 
 def start_gateway(
@@ -165,15 +244,4 @@ def gateway(
 @pytest.fixture
 def patient(gateway: Gateway) -> dict[str, Any]:
     """A fresh Patient at the target (a new id per test), as the target stored it."""
-    resource = {
-        "resourceType": "Patient",
-        "id": f"p-{uuid.uuid4().hex[:12]}",
-        "name": [{"family": "Tester", "given": ["Pat"]}],
-        "gender": "female",
-        "birthDate": "1980-01-01",
-        "telecom": [{"system": "phone", "value": "555-0000", "use": "home"}],
-    }
-    resp = gateway.fhir_put(resource)
-    assert resp.status_code in (200, 201), resp.text
-    stored: dict[str, Any] = resp.json()
-    return stored
+    return put_patient(gateway, f"p-{uuid.uuid4().hex[:12]}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,16 +23,6 @@ def name_change(patient: dict[str, Any], family: str = "Renamed") -> dict[str, A
     resource = {k: v for k, v in patient.items() if k != "meta"}
     resource["name"] = [{"family": family, "given": ["Pat"]}]
     return {"target": "local-ehr", "operation": "update", "resource": resource, "reason": "name correction"}
-
-
-def wait_status(gateway: Gateway, change_id: str, status: str, timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict[str, Any] = gateway.status(change_id).json()
-        if body["status"] == status:
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.05)
 
 
 def decide(
@@ -58,7 +47,7 @@ def awaiting(gateway: Gateway, patient: dict[str, Any]) -> str:
     resp = gateway.submit(name_change(patient), user="user-1")
     assert resp.status_code == 202, resp.text
     change_id: str = resp.json()["changeId"]
-    body = wait_status(gateway, change_id, "awaiting_approval")
+    body = gateway.wait_for_status(change_id, "awaiting_approval")
     assert body["approval"]["required"] is True and body["approval"]["paths"] == ["Patient.name"]
     return change_id
 
@@ -100,7 +89,7 @@ def test_self_approval_and_missing_role_are_refused(gateway: Gateway, patient: d
         f"{gateway.api}/changes/{change_id}/approval", json={"decision": "maybe"}, headers=gateway.headers("x", APPROVE)
     )
     assert bad.status_code == 400 and bad.json()["issues"][0]["path"] == "/decision"
-    assert wait_status(gateway, change_id, "awaiting_approval")
+    assert gateway.wait_for_status(change_id, "awaiting_approval")
 
 
 def test_cancel_by_the_requester_or_an_operator_only(gateway: Gateway, patient: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Gateway
-from tests.e2e.test_approvals import awaiting, decide, wait_status
+from tests.e2e.test_approvals import awaiting, decide
 from tools.services.process import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,7 @@ def test_overlapping_changes_are_a_conflict_that_an_approver_resolves(
         headers=gateway.headers("review-portal", APPROVE, user="approver-9"),
     )
     assert resolve.status_code == 202, resolve.text
-    wait_status(gateway, change_id, "awaiting_approval")
+    gateway.wait_for_status(change_id, "awaiting_approval")
     assert decide(gateway, change_id, "approve").status_code == 202
     assert gateway.wait(change_id)["status"] == "completed"
     assert gateway.fhir(f"Patient/{patient['id']}").json()["name"][0]["family"] == "Renamed"
@@ -88,7 +88,7 @@ def test_retry_and_bulk_replay_write_once(gateway: Gateway, patient: dict[str, A
     assert one.status_code == 202 and one.json()["status"] == "accepted"
     assert httpx.post(f"{gateway.api}/changes/{ids[0]}/retry", headers=ops).status_code == 409  # not twice
     # Run again on the current version, the name change goes through the policy again: it needs approval again.
-    wait_status(gateway, ids[0], "awaiting_approval")
+    gateway.wait_for_status(ids[0], "awaiting_approval")
     assert decide(gateway, ids[0], "approve").status_code == 202
     assert gateway.wait(ids[0])["status"] == "completed"
     # Bulk replay twice: the second finds nothing left to retry for these changes.

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import AUDIT, Gateway
-from tests.e2e.test_approvals import decide, wait_status
+from tests.e2e.conftest import AUDIT, Gateway, heart_rate
+from tests.e2e.test_approvals import decide
 
 pytestmark = pytest.mark.e2e
 
@@ -100,7 +100,7 @@ def test_patch_with_if_match(gateway: Gateway, fhir_server: Any, patient: dict[s
     resp = gateway.submit(_patch(patient, [{"op": "replace", "path": "/name/0/family", "value": "Renamed"}]))
     assert resp.status_code == 202, resp.text
     change_id = resp.json()["changeId"]
-    waiting = wait_status(gateway, change_id, "awaiting_approval")
+    waiting = gateway.wait_for_status(change_id, "awaiting_approval")
     assert waiting["approval"]["paths"] == ["Patient.name"]
     concurrent = {k: v for k, v in patient.items() if k != "meta"} | {"name": [{"family": "Elsewhere"}]}
     assert gateway.fhir_put(concurrent).status_code == 200
@@ -118,22 +118,8 @@ def test_patch_with_if_match(gateway: Gateway, fhir_server: Any, patient: dict[s
 
 
 def test_create_vital_sign(gateway: Gateway, patient: dict[str, Any]) -> None:
-    observation = {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "subject": {"reference": f"Patient/{patient['id']}"},
-        "effectiveDateTime": "2026-11-25T10:00:00Z",
-        "valueQuantity": {"value": 72, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"},
-    }
-    resp = gateway.submit({"target": "local-ehr", "operation": "create", "resource": observation}, app="vitals-app")
+    body = {"target": "local-ehr", "operation": "create", "resource": heart_rate(patient, 72)}
+    resp = gateway.submit(body, app="vitals-app")
     assert resp.status_code == 202, resp.text
     done = gateway.wait(resp.json()["changeId"])
     assert done["status"] == "completed", done
@@ -359,22 +345,8 @@ def test_a_message_delivered_twice_starts_nothing_new(gateway: Gateway, patient:
     change_id = gateway.submit(body).json()["changeId"]
     gateway.wait(change_id)
     lineage_before = gateway.lineage(change_id)
-    message = {"changeId": change_id, "target": "local-ehr", "kind": "change"}
-    for i in range(2):  # new MessageIds get past duplicate detection, as a redelivery after the window would
-        resp = httpx.post(
-            f"{gateway.base}/runtime/servicebus/writeback-changes/messages",
-            json={
-                "body": json.dumps(message),
-                "messageId": f"{change_id}-again-{i}",
-                "contentType": "application/json",
-            },
-        )
-        assert resp.status_code == 201, resp.text
-    deadline = time.monotonic() + 5
-    while httpx.get(f"{gateway.base}/runtime/servicebus/writeback-changes").json()["active"] > 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)
+    gateway.redeliver(change_id, 2)
+    gateway.wait_queue_drained(5)
     assert gateway.lineage(change_id) == lineage_before
     assert history_total(gateway, f"Patient/{patient['id']}") == 2
 

@@ -109,16 +109,6 @@ def change_row(page: Any, status: str, change_id: str) -> Any:
     return row
 
 
-def wait_status(gateway: Gateway, change_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body: dict[str, Any] = gateway.status(change_id).json()
-        if body["status"] == status:
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.05)
-
-
 def conflicting_change(gateway: Gateway) -> str:
     """A change that ends in ``conflict``: the target's telecom moved on since the caller's base version."""
     stored = gateway.fhir_put(
@@ -171,7 +161,7 @@ def test_approver_reviews_and_approves_a_name_change_in_the_browser(
     )
     assert resp.status_code == 202, resp.text
     change_id = resp.json()["changeId"]
-    wait_status(gateway, change_id, "awaiting_approval")
+    gateway.wait_for_status(change_id, "awaiting_approval")
     conflict_id = conflicting_change(gateway)
 
     page.goto(f"{gateway.base}/review")
@@ -187,7 +177,7 @@ def test_approver_reviews_and_approves_a_name_change_in_the_browser(
     assert SelfApprovalError.title in alert.text_content()
     assert "403" in alert.text_content()
     page.screenshot(path=str(tmp_path / "review-self-approval.png"), full_page=True)
-    assert wait_status(gateway, change_id, "awaiting_approval")
+    assert gateway.wait_for_status(change_id, "awaiting_approval")
 
     # An approver signs in locally; the page sends the same header encode_easyauth_principal builds.
     sign_in(page, **APPROVER)

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,13 +32,15 @@ import pytest
 import yaml
 
 from devhost.endpoints import gateway_environment
-from tests.e2e.conftest import AUDIT, TERMINAL, Gateway, stop_gateway
+from tests.e2e.conftest import AUDIT, TERMINAL, Gateway, gateway, put_patient, stop_gateway
 from tools.services.process import REPO_ROOT, free_port
 
 if TYPE_CHECKING:
     from tools.services.fhir_server import FhirServer
 
-__all__ = ["AUDIT", "TERMINAL", "Gateway", "stop_gateway"]
+# ``gateway``: the e2e suite's session gateway, for the modules that send it bad input (one that restarts or
+# reconfigures its gateway defines a fixture of that name of its own).
+__all__ = ["AUDIT", "TERMINAL", "Gateway", "gateway", "stop_gateway"]
 
 CHANGE_TAG = "urn:writeback:change"
 SUMMARY_FILE = "faults-summary.json"
@@ -126,6 +129,18 @@ def launch_gateway(
         time.sleep(0.1)
 
 
+@contextmanager
+def gateway_running(
+    services: Services, state: Path, settings: Mapping[str, str] | None = None
+) -> Iterator[FaultGateway]:
+    """A gateway launched for a block (``settings`` are extra app settings), stopped when it ends."""
+    gw = launch_gateway(services, state, settings)
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
+
+
 def targets_with_timeout(directory: Path, seconds: float) -> dict[str, str]:
     """The setting for a copy of ``config/targets.yaml`` whose targets time out after ``seconds``: an injected
     delay just above it is a client timeout, without tests waiting the configured 10 s."""
@@ -155,26 +170,27 @@ def wait_until_dead(gw: Gateway, timeout: float = 30.0) -> int:
 # --- resources ----------------------------------------------------------------------------------------------
 
 
-def fhir_headers(gw: Gateway) -> dict[str, str]:
-    return {"Authorization": f"Bearer {gw.fhir_token}", "Content-Type": "application/fhir+json"}
-
-
 def new_patient(gw: Gateway, canary: str, **extra: Any) -> dict[str, Any]:
-    """A fresh Patient written straight to the target (so the gateway reads the canary too), as stored."""
-    resource = {
-        "resourceType": "Patient",
-        "id": f"f-{uuid.uuid4().hex[:12]}",
-        "name": [{"family": "Tester", "given": ["Pat"]}],
-        "gender": "female",
-        "birthDate": "1980-01-01",
-        "address": [{"line": [f"1 {canary} Street"], "city": "Leeds"}],
-        "telecom": [{"system": "phone", "value": "555-0000", "use": "home"}],
-        **extra,
-    }
-    resp = gw.fhir_put(resource)
-    assert resp.status_code in (200, 201), resp.text
-    stored: dict[str, Any] = resp.json()
-    return stored
+    """A fresh Patient written straight to the target, with the canary in its address (so the gateway reads the
+    canary too), as stored."""
+    address = [{"line": [f"1 {canary} Street"], "city": "Leeds"}]
+    return put_patient(gw, f"f-{uuid.uuid4().hex[:12]}", address=address, **extra)
+
+
+def move_city(gw: Gateway, ref: str, current: dict[str, Any], city: str) -> httpx.Response:
+    """Another system's write straight to the target: ``current`` (the version of ``ref`` it read) with its first
+    address moved to ``city``, version-checked with If-Match, and without the gateway's tags."""
+    moved = {**without_meta(current), "address": [{**current["address"][0], "city": city}]}
+    return httpx.put(
+        f"{gw.fhir_base}/{ref}",
+        json=moved,
+        headers={
+            "Authorization": f"Bearer {gw.fhir_token}",
+            "Content-Type": "application/fhir+json",
+            "If-Match": f'W/"{current["meta"]["versionId"]}"',
+        },
+        timeout=10,
+    )
 
 
 def without_meta(resource: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.e2e.conftest import AUDIT, Gateway, gateway  # noqa: F401  (the session fixture, for this module)
+from tests.e2e.conftest import AUDIT, Gateway
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -184,6 +184,19 @@ DEEP_500 = NON_FINITE_STORED = DEEP_VALUE_STORED = NOT_UTF8_STORED = SURROGATE_5
 
 VALID_BYTES = encode(VALID)
 BOM = b"\xef\xbb\xbf"
+# Ids with path tricks, escapes, control characters and quotes: refused as a resource id and in a resourceRef.
+BAD_IDS = [
+    ("dotdot-slash", "../x"),
+    ("pct2F", "a%2Fb"),
+    ("slash", "a/b"),
+    ("backslash", "a\\b"),
+    ("hash", "a#b"),
+    ("question", "a?b"),
+    ("ctrl", "a\x01b"),
+    ("single-quote", "a'b"),
+    ("double-quote", 'a"b'),
+    ("65-chars", "a" * 65),
+]
 
 BODY_CASES = [
     # malformed JSON
@@ -313,36 +326,11 @@ BODY_CASES = [
     # ids with path tricks, escapes, control characters and quotes
     *[
         pytest.param(encode(update({"id": bad})), 400, "Patient.id", id=f"resource.id-{name}")
-        for name, bad in [
-            ("dotdot-slash", "../x"),
-            ("pct2F", "a%2Fb"),
-            ("slash", "a/b"),
-            ("backslash", "a\\b"),
-            ("hash", "a#b"),
-            ("question", "a?b"),
-            ("ctrl", "a\x01b"),
-            ("newline", "a\nb"),
-            ("single-quote", "a'b"),
-            ("double-quote", 'a"b'),
-            ("space", "a b"),
-            ("65-chars", "a" * 65),
-            ("empty", ""),
-        ]
+        for name, bad in [*BAD_IDS, ("newline", "a\nb"), ("space", "a b"), ("empty", "")]
     ],
     *[
         pytest.param(encode(patch(resourceRef=f"Patient/{bad}")), 400, "/resourceRef", id=f"resourceRef-{name}")
-        for name, bad in [
-            ("dotdot-slash", "../x"),
-            ("pct2F", "a%2Fb"),
-            ("slash", "a/b"),
-            ("backslash", "a\\b"),
-            ("hash", "a#b"),
-            ("question", "a?b"),
-            ("ctrl", "a\x01b"),
-            ("single-quote", "a'b"),
-            ("double-quote", 'a"b'),
-            ("65-chars", "a" * 65),
-        ]
+        for name, bad in BAD_IDS
     ],
     pytest.param(encode(patch(resourceRef="../Patient/x")), 400, "/resourceRef", id="resourceRef-leading-dotdot"),
     pytest.param(encode(patch(resourceRef="Patient")), 400, "/resourceRef", id="resourceRef-no-id"),
@@ -359,10 +347,7 @@ BODY_CASES = [
 
 @pytest.mark.parametrize(("raw", "status", "path"), BODY_CASES)
 def test_bad_body_is_a_4xx_naming_the_field_and_stores_nothing(
-    gateway: Gateway,  # noqa: F811
-    raw: bytes,
-    status: int,
-    path: str | None,
+    gateway: Gateway, raw: bytes, status: int, path: str | None
 ) -> None:
     before = Snapshot.of(gateway)
     key = f"bad-{uuid.uuid4()}"
@@ -388,7 +373,7 @@ def valid_padded_to(size: int) -> bytes:
         pytest.param(b"x" * (3 * MAX_BODY), id="3MiB-garbage"),
     ],
 )
-def test_oversized_body_is_413_and_stores_nothing(gateway: Gateway, raw: bytes) -> None:  # noqa: F811
+def test_oversized_body_is_413_and_stores_nothing(gateway: Gateway, raw: bytes) -> None:
     before = Snapshot.of(gateway)
     key = f"big-{uuid.uuid4()}"
     resp = gateway.submit(raw, key=key)
@@ -397,7 +382,7 @@ def test_oversized_body_is_413_and_stores_nothing(gateway: Gateway, raw: bytes) 
     assert_nothing_stored(gateway, before, key)
 
 
-def test_oversized_chunked_body_without_content_length_is_413(gateway: Gateway) -> None:  # noqa: F811
+def test_oversized_chunked_body_without_content_length_is_413(gateway: Gateway) -> None:
     before = Snapshot.of(gateway)
     key = f"chunked-{uuid.uuid4()}"
     headers = {**gateway.headers(), "Idempotency-Key": key, "Content-Type": "application/json"}
@@ -413,7 +398,7 @@ def test_oversized_chunked_body_without_content_length_is_413(gateway: Gateway) 
     assert_nothing_stored(gateway, before, key)
 
 
-def test_a_body_of_exactly_the_limit_is_taken_in(gateway: Gateway) -> None:  # noqa: F811
+def test_a_body_of_exactly_the_limit_is_taken_in(gateway: Gateway) -> None:
     resp = gateway.submit(valid_padded_to(MAX_BODY))
     assert resp.status_code == 202, resp.text
 
@@ -432,7 +417,7 @@ KEY_CASES = [
 
 
 @pytest.mark.parametrize(("key", "status"), KEY_CASES)
-def test_bad_idempotency_key_is_400_naming_the_header(gateway: Gateway, key: bytes, status: int) -> None:  # noqa: F811
+def test_bad_idempotency_key_is_400_naming_the_header(gateway: Gateway, key: bytes, status: int) -> None:
     before = Snapshot.of(gateway)
     headers = {k: v.encode() for k, v in gateway.headers().items()}
     headers |= {"Content-Type": b"application/json", "Idempotency-Key": key}
@@ -442,7 +427,7 @@ def test_bad_idempotency_key_is_400_naming_the_header(gateway: Gateway, key: byt
 
 
 @pytest.mark.parametrize("key", [pytest.param(b"a\x00b", id="NUL"), pytest.param(b"a\rb", id="CR")])
-def test_header_bytes_the_http_server_refuses_are_a_4xx(gateway: Gateway, key: bytes) -> None:  # noqa: F811
+def test_header_bytes_the_http_server_refuses_are_a_4xx(gateway: Gateway, key: bytes) -> None:
     before = Snapshot.of(gateway)
     headers = {k: v.encode() for k, v in gateway.headers().items()} | {"Idempotency-Key": key}
     answer = raw_request(gateway, "POST", b"/api/v1/changes", headers, VALID_BYTES)
@@ -454,7 +439,7 @@ def test_header_bytes_the_http_server_refuses_are_a_4xx(gateway: Gateway, key: b
     "prefix",
     ["../", "..%2F..%2F", "a%2Fb", "a/b", "a\\b", "a#b", "a?b=1&c", "a'b", 'a"b', "' or ''='", "%00", "x" * 200],
 )
-def test_printable_keys_with_path_and_quote_characters_are_kept_apart(gateway: Gateway, prefix: str) -> None:  # noqa: F811
+def test_printable_keys_with_path_and_quote_characters_are_kept_apart(gateway: Gateway, prefix: str) -> None:
     """Keys are 1-255 printable ASCII characters: these are valid, must be stored safely (escaped), replay, and
     not collide with a key that differs only in how a character is escaped."""
     suffix = uuid.uuid4().hex[:8]
@@ -508,7 +493,7 @@ def assert_hostile_read(
 
 
 @pytest.fixture(scope="module")
-def known_changes(gateway: Gateway) -> set[str]:  # noqa: F811
+def known_changes(gateway: Gateway) -> set[str]:
     """Some changes of two apps, so that a hostile read that leaks has something to leak."""
     for app in ("crm", "faults-other-app"):
         for _ in range(2):
@@ -521,10 +506,7 @@ def known_changes(gateway: Gateway) -> set[str]:  # noqa: F811
 @pytest.mark.parametrize("change_id", HOSTILE_IDS)
 @pytest.mark.parametrize("suffix", ["", "/lineage"])
 def test_hostile_change_id_in_the_path_is_404(
-    gateway: Gateway,  # noqa: F811
-    known_changes: set[str],
-    change_id: str,
-    suffix: str,
+    gateway: Gateway, known_changes: set[str], change_id: str, suffix: str
 ) -> None:
     target = f"/api/v1/changes/{change_id}{suffix}".encode()
     for headers in (auditor(gateway), gateway.headers()):
@@ -535,10 +517,7 @@ def test_hostile_change_id_in_the_path_is_404(
 @pytest.mark.parametrize("change_id", ["..%2F..%2Fetc", "a%27b", "a%00b", "x" * 2000])
 @pytest.mark.parametrize("action", ["approval", "cancel"])
 def test_hostile_change_id_in_a_decision_is_4xx(
-    gateway: Gateway,  # noqa: F811
-    known_changes: set[str],
-    change_id: str,
-    action: str,
+    gateway: Gateway, known_changes: set[str], change_id: str, action: str
 ) -> None:
     headers = gateway.headers("faults-approver", ["Writeback.Approve", "Writeback.Operate"])
     encoded = {k: v.encode() for k, v in headers.items()} | {"Content-Type": b"application/json"}
@@ -558,7 +537,7 @@ def test_hostile_change_id_in_a_decision_is_4xx(
         "/api/v1/changes/%0d%0aSet-Cookie:%20x=1",
     ],
 )
-def test_hostile_raw_paths_are_4xx(gateway: Gateway, known_changes: set[str], raw_path: str) -> None:  # noqa: F811
+def test_hostile_raw_paths_are_4xx(gateway: Gateway, known_changes: set[str], raw_path: str) -> None:
     answer = raw_request(gateway, "GET", raw_path.encode(), {k: v.encode() for k, v in auditor(gateway).items()})
     assert_hostile_read(answer, known_changes, allowed=(400, 404, 405))
     assert "set-cookie" not in answer.headers
@@ -583,11 +562,7 @@ LINEAGE_PATHS = [
 
 
 @pytest.mark.parametrize("path", LINEAGE_PATHS)
-def test_hostile_resource_lineage_never_fails_nor_leaks(
-    gateway: Gateway,  # noqa: F811
-    known_changes: set[str],
-    path: str,
-) -> None:
+def test_hostile_resource_lineage_never_fails_nor_leaks(gateway: Gateway, known_changes: set[str], path: str) -> None:
     """400/404, or an empty history: a crafted target / type / id cannot reach another resource's changes."""
     answer = raw_request(
         gateway, "GET", f"/api/v1/lineage/{path}".encode(), {k: v.encode() for k, v in auditor(gateway).items()}
@@ -598,7 +573,7 @@ def test_hostile_resource_lineage_never_fails_nor_leaks(
 
 
 @pytest.mark.parametrize("path", ["local-ehr/Patient/a%2Fb", "no-such-target/Patient/p1"])
-def test_resource_lineage_refuses_ids_and_targets_that_cannot_exist(gateway: Gateway, path: str) -> None:  # noqa: F811
+def test_resource_lineage_refuses_ids_and_targets_that_cannot_exist(gateway: Gateway, path: str) -> None:
     resp = httpx.get(f"{gateway.api}/lineage/{path}", headers=auditor(gateway), timeout=30)
     assert resp.status_code in (400, 404), resp.text
 
@@ -640,11 +615,7 @@ QUERY_CASES = [
 
 @pytest.mark.parametrize(("params", "status", "path"), QUERY_CASES)
 def test_hostile_query_parameters_are_400(
-    gateway: Gateway,  # noqa: F811
-    known_changes: set[str],
-    params: dict[str, str],
-    status: int,
-    path: str,
+    gateway: Gateway, known_changes: set[str], params: dict[str, str], status: int, path: str
 ) -> None:
     resp = httpx.get(f"{gateway.api}/changes", params=params, headers=auditor(gateway), timeout=30)
     assert resp.status_code < 500, resp.text
@@ -664,11 +635,7 @@ def test_hostile_query_parameters_are_400(
         pytest.param({"resource": "Patient\r\nX-Injected: 1"}, id="resource-crlf"),
     ],
 )
-def test_odata_looking_filters_match_nothing(
-    gateway: Gateway,  # noqa: F811
-    known_changes: set[str],
-    params: dict[str, str],
-) -> None:
+def test_odata_looking_filters_match_nothing(gateway: Gateway, known_changes: set[str], params: dict[str, str]) -> None:
     """The filter values are quoted: text that would widen an OData filter matches nothing and leaks nothing."""
     resp = httpx.get(f"{gateway.api}/changes", params=params, headers=auditor(gateway), timeout=30)
     assert resp.status_code < 500, resp.text
@@ -690,9 +657,7 @@ def test_odata_looking_filters_match_nothing(
     ],
 )
 def test_forged_continuation_tokens_never_fail_nor_widen_a_query(
-    gateway: Gateway,  # noqa: F811
-    known_changes: set[str],
-    forged: dict[str, Any],
+    gateway: Gateway, known_changes: set[str], forged: dict[str, Any]
 ) -> None:
     """Tokens are opaque base64 JSON: a forged one may be refused or restart the listing, never a 5xx, and it cannot
     lift the filter (a submitting app's reads stay its own; a target filter stays applied)."""
@@ -713,7 +678,7 @@ def test_forged_continuation_tokens_never_fail_nor_widen_a_query(
 
 
 def test_a_submitting_app_cannot_list_or_read_another_apps_change_through_hostile_params(
-    gateway: Gateway,  # noqa: F811
+    gateway: Gateway,
 ) -> None:
     other = gateway.submit(VALID, app="faults-other-app").json()["changeId"]
     for_submitter = gateway.headers()

@@ -10,20 +10,20 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.conftest import heart_rate
 from tests.faults.conftest import (
     FaultGateway,
     Invariants,
     Services,
-    fhir_headers,
     history,
     launch_gateway,
+    move_city,
     new_patient,
     restart_gateway,
     stop_gateway,
     tag_codes,
     update_body,
     wait_until_dead,
-    without_meta,
 )
 
 pytestmark = pytest.mark.faults
@@ -37,32 +37,8 @@ SETTINGS = {
 
 
 def vital_sign(patient: dict[str, Any], canary: str) -> dict[str, Any]:
-    return {
-        "target": "local-ehr",
-        "operation": "create",
-        "resource": {
-            "resourceType": "Observation",
-            "status": "final",
-            "category": [
-                {
-                    "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
-                    ]
-                }
-            ],
-            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-            "subject": {"reference": f"Patient/{patient['id']}"},
-            "effectiveDateTime": "2026-11-25T10:00:00Z",
-            "valueQuantity": {
-                "value": 72,
-                "unit": "beats/minute",
-                "system": "http://unitsofmeasure.org",
-                "code": "/min",
-            },
-            "note": [{"text": f"taken by {canary}"}],
-        },
-        "reason": f"vitals {canary}",
-    }
+    observation = heart_rate(patient, 72, note=[{"text": f"taken by {canary}"}])
+    return {"target": "local-ehr", "operation": "create", "resource": observation, "reason": f"vitals {canary}"}
 
 
 @pytest.mark.parametrize(
@@ -132,13 +108,7 @@ def test_a_crash_after_the_write_then_a_downstream_write_before_the_restart_stil
         assert wait_until_dead(gw) == -signal.SIGKILL
         current = gw.fhir(ref).json()
         assert sub.change_id in tag_codes(current), "the write landed before the crash"
-        edited = {**without_meta(current), "address": [{**current["address"][0], "city": "York"}]}
-        resp = httpx.put(
-            f"{gw.fhir_base}/{ref}",
-            json=edited,
-            headers={**fhir_headers(gw), "If-Match": f'W/"{current["meta"]["versionId"]}"'},
-            timeout=10,
-        )
+        resp = move_city(gw, ref, current, "York")
         assert resp.status_code == 200, resp.text
 
         gw = restart_gateway(gw, SETTINGS)

@@ -16,21 +16,20 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.conftest import heart_rate
 from tests.faults.conftest import (
     CHANGE_TAG,
     FaultGateway,
     Invariants,
     Services,
     Submission,
-    fhir_headers,
+    gateway_running,
     history,
-    launch_gateway,
+    move_city,
     new_patient,
-    stop_gateway,
     tag_codes,
     targets_with_timeout,
     update_body,
-    without_meta,
 )
 
 pytestmark = pytest.mark.faults
@@ -49,7 +48,6 @@ RULES = [
     {"probability": 0.02, "delay_ms": SLOW_MS, "count": 1},
 ]
 SEED = 20261125
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +55,8 @@ def gateway(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Ite
     state = tmp_path_factory.mktemp("downstream")
     # 7 s to decide: a change left without a decision expires within the test's bound.
     settings = {**targets_with_timeout(state, TIMEOUT_SECONDS), "WRITEBACK_APPROVAL_TIMEOUT_HOURS": "0.002"}
-    gw = launch_gateway(services, state, settings)
-    yield gw
-    stop_gateway(gw)
+    with gateway_running(services, state, settings) as gw:
+        yield gw
 
 
 def test_the_fhir_server_injects_faults_at_random_repeatably(services: Services) -> None:
@@ -121,25 +118,8 @@ def test_changes_under_random_429_503_and_timeouts_are_neither_lost_nor_duplicat
         return update_body(patient, "email correction", telecom=[email])
 
     def vital_sign(i: int) -> dict[str, Any]:
-        return {
-            "target": "local-ehr",
-            "operation": "create",
-            "resource": {
-                "resourceType": "Observation",
-                "status": "final",
-                "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs"}]}],
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-                "subject": {"reference": f"Patient/{distinct[i]['id']}"},
-                "effectiveDateTime": "2026-11-25T10:00:00Z",
-                "valueQuantity": {
-                    "value": 60 + i,
-                    "unit": "/min",
-                    "system": "http://unitsofmeasure.org",
-                    "code": "/min",
-                },
-                "note": [{"text": canary}],
-            },
-        }
+        observation = heart_rate(distinct[i], 60 + i, note=[{"text": canary}])
+        return {"target": "local-ehr", "operation": "create", "resource": observation}
 
     def chain() -> list[Submission]:
         """Sequential changes to one Patient, each after the previous one ended: each adds a phone number."""
@@ -236,13 +216,7 @@ def test_a_write_whose_answer_is_lost_then_overwritten_downstream_is_written_onc
             assert time.monotonic() < deadline, "the write never reached the target"
             time.sleep(0.02)
         assert sub.change_id in tag_codes(current)
-        moved = {**without_meta(current), "address": [{**current["address"][0], "city": "York"}]}
-        resp = httpx.put(
-            f"{gateway.fhir_base}/{ref}",
-            json=moved,
-            headers={**fhir_headers(gateway), "If-Match": f'W/"{current["meta"]["versionId"]}"'},
-            timeout=10,
-        )
+        resp = move_city(gateway, ref, current, "York")
         assert resp.status_code == 200, resp.text
     finally:
         fhir.clear_faults()

@@ -44,7 +44,7 @@ from shared.core.policy import Policy
 from shared.core.targets import TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
-from tests.e2e.conftest import AUDIT, Gateway, gateway  # noqa: F401  (the session fixture, for this module)
+from tests.e2e.conftest import AUDIT, Gateway
 
 pytestmark = pytest.mark.faults
 
@@ -574,7 +574,7 @@ VALID_AFTER = TEMPLATES[2] | {"dryRun": True}
         mutated_requests(), fhir_changes(), patch_changes(), random_bytes, st.dictionaries(field_names, json_values)
     )
 )
-def test_fuzz_over_http(gateway: Gateway, body: Any) -> None:  # noqa: F811
+def test_fuzz_over_http(gateway: Gateway, body: Any) -> None:
     key = f"fuzz-http-{uuid.uuid4()}"
     resp = gateway.submit(to_bytes(body), key=key)
     record("over-http", resp.status_code)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import threading
 import time
 import uuid
@@ -21,13 +20,11 @@ from tests.faults.conftest import (
     FaultGateway,
     Invariants,
     Services,
-    fhir_headers,
+    gateway_running,
     history,
-    launch_gateway,
+    move_city,
     new_patient,
-    stop_gateway,
     update_body,
-    without_meta,
 )
 
 pytestmark = pytest.mark.faults
@@ -35,9 +32,8 @@ pytestmark = pytest.mark.faults
 
 @pytest.fixture(scope="module")
 def gateway(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultGateway]:
-    gw = launch_gateway(services, tmp_path_factory.mktemp("storms"))
-    yield gw
-    stop_gateway(gw)
+    with gateway_running(services, tmp_path_factory.mktemp("storms")) as gw:
+        yield gw
 
 
 def test_one_request_sent_200_times_at_once_is_one_change_and_one_version(
@@ -65,30 +61,6 @@ def test_one_request_sent_200_times_at_once_is_one_change_and_one_version(
     assert len(history(gateway, f"Patient/{patient['id']}")) == 2
 
 
-def _deliver_again(gw: FaultGateway, change_id: str, times: int) -> None:
-    """The change's message again, with new MessageIds: as a redelivery after the duplicate-detection window."""
-    message = {"changeId": change_id, "target": "local-ehr", "kind": "change"}
-    for i in range(times):
-        resp = httpx.post(
-            f"{gw.base}/runtime/servicebus/writeback-changes/messages",
-            json={
-                "body": json.dumps(message),
-                "messageId": f"{change_id}-again-{i}",
-                "contentType": "application/json",
-            },
-            timeout=10,
-        )
-        assert resp.status_code == 201, resp.text
-
-
-def _queue_drained(gw: FaultGateway, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{gw.base}/runtime/servicebus/writeback-changes", timeout=10).json()["active"] > 0:
-        assert time.monotonic() < deadline, "the queue did not drain"
-        time.sleep(0.05)
-    time.sleep(0.3)  # the last delivery's dispatcher call finishes after the message left the queue
-
-
 def test_a_message_delivered_five_times_while_running_and_after_completion_writes_nothing_more(
     gateway: FaultGateway, services: Services, invariants: Invariants
 ) -> None:
@@ -109,14 +81,14 @@ def test_a_message_delivered_five_times_while_running_and_after_completion_write
         while fhir.stats()["faultsServed"] == 0:
             assert time.monotonic() < deadline, "the change's read never reached the FHIR server"
             time.sleep(0.02)
-        _deliver_again(gateway, running.change_id or "", 5)
+        gateway.redeliver(running.change_id or "", 5)
         assert gateway.status(running.change_id or "").json()["status"] not in ("completed", "failed")
     finally:
         fhir.clear_faults()
-    _deliver_again(gateway, done.change_id or "", 5)
+    gateway.redeliver(done.change_id or "", 5)
 
     invariants.check(gateway, bound=30)
-    _queue_drained(gateway)
+    gateway.wait_queue_drained()
     assert gateway.lineage(done.change_id or "") == lineage_before
     assert running.lineage is not None and gateway.lineage(running.change_id or "") == running.lineage
     assert running.final is not None and running.final["status"] == "completed"
@@ -140,13 +112,7 @@ class DirectWriter:
         while True:
             current = self.gw.fhir(self.ref).json()
             read = current["meta"]["versionId"]
-            resource = {**without_meta(current), "address": [{**current["address"][0], "city": city}]}
-            resp = httpx.put(
-                f"{self.gw.fhir_base}/{self.ref}",
-                json=resource,
-                headers={**fhir_headers(self.gw), "If-Match": f'W/"{read}"'},
-                timeout=10,
-            )
+            resp = move_city(self.gw, self.ref, current, city)
             if resp.status_code == 412:
                 continue
             assert resp.status_code == 200, resp.text

@@ -170,6 +170,19 @@ def validator(jwks: JwksServer, clock: FakeClock, http: httpx.Client) -> JwtVali
     )
 
 
+@pytest.fixture
+def keys_cached(validator: JwtValidator, jwks: JwksServer, key1: SigningKey, clock: FakeClock) -> None:
+    """The validator has accepted one token signed with key1: the JWKS is fetched, once, and cached."""
+    validator.validate(sign(key1, user_claims(clock.now)))
+    assert jwks.requests == 1
+
+
+@pytest.fixture
+def key2_published(keys_cached: None, jwks: JwksServer, key1: SigningKey, key2: SigningKey) -> None:
+    """After the validator cached the keys, Entra publishes a new one (key2) beside key1."""
+    jwks.keys = [key1, key2]
+
+
 @pytest.fixture(autouse=True)
 def _capture_audit(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger=AUDIT_LOGGER)
@@ -472,6 +485,20 @@ def test_concurrent_first_use_fetches_once(
     assert jwks.requests == 1
 
 
+@pytest.mark.usefixtures("key2_published")
+def test_new_kid_within_the_refresh_interval_waits_for_it(
+    validator: JwtValidator, jwks: JwksServer, key2: SigningKey, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock.advance(REFRESH / 2)
+    assert_refused(validator, sign(key2, user_claims(clock.now)), "unknown signing key", caplog)
+    assert jwks.requests == 1
+
+    clock.advance(REFRESH / 2)
+    assert validator.validate(sign(key2, user_claims(clock.now))).app_id == CLIENT_APP
+    assert jwks.requests == 2
+
+
+@pytest.mark.usefixtures("key2_published")
 def test_key_rotation_one_refetch_then_accepted(
     validator: JwtValidator,
     jwks: JwksServer,
@@ -480,11 +507,7 @@ def test_key_rotation_one_refetch_then_accepted(
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    validator.validate(sign(key1, user_claims(clock.now)))
-    assert jwks.requests == 1
-
-    # Entra publishes the new key, later signs with it, and finally withdraws the old one.
-    jwks.keys = [key1, key2]
+    # Entra signs with the new key some time after publishing it, and finally withdraws the old one.
     clock.advance(REFRESH + 1)
     principal = validator.validate(sign(key2, user_claims(clock.now)))
     assert principal.app_id == CLIENT_APP
@@ -504,32 +527,10 @@ def test_key_rotation_one_refetch_then_accepted(
     assert jwks.requests == 3
 
 
-def test_new_kid_within_the_refresh_interval_waits_for_it(
-    validator: JwtValidator,
-    jwks: JwksServer,
-    key1: SigningKey,
-    key2: SigningKey,
-    clock: FakeClock,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    validator.validate(sign(key1, user_claims(clock.now)))
-    jwks.keys = [key1, key2]
-
-    clock.advance(REFRESH / 2)
-    assert_refused(validator, sign(key2, user_claims(clock.now)), "unknown signing key", caplog)
-    assert jwks.requests == 1
-
-    clock.advance(REFRESH / 2)
-    assert validator.validate(sign(key2, user_claims(clock.now))).app_id == CLIENT_APP
-    assert jwks.requests == 2
-
-
+@pytest.mark.usefixtures("keys_cached")
 def test_flood_of_unknown_kids_refetches_at_most_once_per_interval(
     validator: JwtValidator, jwks: JwksServer, key1: SigningKey, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    validator.validate(sign(key1, user_claims(clock.now)))
-    assert jwks.requests == 1
-
     for interval in range(1, 4):
         for _ in range(40):
             clock.advance((REFRESH + 1) / 40)
@@ -541,10 +542,10 @@ def test_flood_of_unknown_kids_refetches_at_most_once_per_interval(
     assert validator.validate(sign(key1, user_claims(clock.now))).app_id == CLIENT_APP
 
 
+@pytest.mark.usefixtures("keys_cached")
 def test_concurrent_flood_of_unknown_kids_refetches_once(
     validator: JwtValidator, jwks: JwksServer, key1: SigningKey, clock: FakeClock
 ) -> None:
-    validator.validate(sign(key1, user_claims(clock.now)))
     clock.advance(REFRESH + 1)
     tokens = [sign(key1, user_claims(clock.now), kid=f"forged-{i}") for i in range(32)]
     refusals: list[str] = []

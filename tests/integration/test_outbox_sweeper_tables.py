@@ -7,15 +7,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.data.tables import TableServiceClient
 
-from shared.adapters.table_change_store import TableChangeStore
-from shared.adapters.table_idempotency_store import TableIdempotencyStore
-from shared.adapters.table_sweep_state import TableSweepState
-from shared.app.intake import IntakeService
-from shared.app.journal import ChangeJournal, Step
-from shared.app.maintenance import OutboxSweeper
-from shared.app.operations import OperationsService
+from shared.app.journal import Step
+from shared.bootstrap import build
+from shared.config import Settings
 from shared.core.change_ids import change_id_time
 from shared.core.errors import RetryableError
 from shared.core.models import ChangeStatus
@@ -33,36 +28,23 @@ def test_the_sweeper_on_table_storage(azurite) -> None:  # type: ignore[no-untyp
     def clock() -> datetime:
         return now[0]
 
-    tables = TableServiceClient.from_connection_string(azurite.connection_string)
-    prefix = "t" + uuid.uuid4().hex[:10]
-    changes, idem, state = (
-        TableChangeStore(tables, prefix=prefix),
-        TableIdempotencyStore(tables, prefix=prefix),
-        TableSweepState(tables, prefix=prefix),
-    )
-    for store in (changes, idem, state):
-        store.ensure_tables()
-    journal = ChangeJournal(changes, clock=clock)
     publisher = FakeMessagePublisher(clock=clock)
-    intake = IntakeService(
-        idempotency=idem,
-        journal=journal,
-        payloads=FakePayloadStore(),
-        publisher=publisher,
-        targets=TargetRegistry.from_file(REPO / "config" / "targets.yaml", {}),
+    settings = Settings(
+        storage_connection_string=azurite.connection_string,
+        table_prefix="t" + uuid.uuid4().hex[:10],
         max_body_bytes=10_000,
-        retention=timedelta(hours=72),
-        sweep_state=state,
-        sweep_grace=timedelta(minutes=15),
+        sweep_after_seconds=60,
+        stuck_after_minutes=30,
+        sweep_grace_minutes=15,
+    )
+    gateway = build(
+        settings,
         clock=clock,
+        publisher=publisher,
+        payload_store=FakePayloadStore(),
+        targets=TargetRegistry.from_file(REPO / "config" / "targets.yaml", {}),
     )
-    sweeper = OutboxSweeper(
-        intake,
-        state,
-        publish_after=timedelta(seconds=60),
-        stuck_after=timedelta(minutes=30),
-        grace=timedelta(minutes=15),
-    )
+    intake, journal, sweeper, state = gateway.intake, gateway.journal, gateway.sweeper, gateway.sweep_state
 
     def sweep(after: timedelta):  # type: ignore[no-untyped-def]
         now[0] += after
@@ -84,7 +66,7 @@ def test_the_sweeper_on_table_storage(azurite) -> None:  # type: ignore[no-untyp
 
     sweep(timedelta(days=2))
     publisher.fail_next(RetryableError(detail="broker down"))
-    OperationsService(journal, publisher, state, clock=clock).retry(dead_lettered.change_id, "operator-1")
+    gateway.operations.retry(dead_lettered.change_id, "operator-1")
     assert [e.change_id for e in state.pending()] == [dead_lettered.change_id]
     assert sweep(timedelta(minutes=2)).published == 1
     assert publisher.sent[-1].change_id == dead_lettered.change_id and publisher.sent[-1].kind == "retry"

@@ -30,6 +30,7 @@ from shared.adapters.smart_backend import (
 )
 from shared.core.errors import AuthError, RetryableError
 from shared.core.targets import TargetConfig
+from tests.support import from_threads
 from tools.services.smart_token_endpoint import SmartTokenEndpoint, start_smart_token_endpoint
 
 pytestmark = pytest.mark.integration
@@ -117,12 +118,7 @@ def test_wrong_key_under_a_registered_kid_is_refused(
 def test_tokens_are_cached(smart_endpoint: SmartTokenEndpoint, key_files: dict[str, Path]) -> None:
     provider = _provider(smart_endpoint, load_key_file(key_files["RS384"]))
     before = smart_endpoint.stats()["tokens_issued"]
-    results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(provider.token(SCOPE))) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = from_threads(lambda: provider.token(SCOPE), 8)
     results += [provider.token(SCOPE) for _ in range(20)]
     assert len(set(results)) == 1 and len(results) == 28
     assert smart_endpoint.stats()["tokens_issued"] - before == 1

@@ -11,7 +11,7 @@ import pytest
 
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import reset_token_providers, token_provider_for
-from shared.app.writer import CHANGE_TAG_SYSTEM, FhirWriter
+from shared.app.writer import CHANGE_TAG_SYSTEM, FhirWriter, WriteOutcome
 from shared.core.errors import ConflictError
 from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, Principal
 from shared.core.planning import plan_change
@@ -19,6 +19,7 @@ from shared.core.targets import TargetConfig
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
+A_PATIENT_CREATE = {"operation": "create", "resource": {"resourceType": "Patient", "gender": "male"}}
 
 
 @pytest.fixture
@@ -58,6 +59,20 @@ def record_for(request: ChangeRequest) -> ChangeRecord:
     )
 
 
+def write_twice(
+    client: HttpFhirClient, target: TargetConfig, body: dict[str, Any], current: dict[str, Any] | None = None
+) -> tuple[ChangeRecord, WriteOutcome, WriteOutcome]:
+    """Plan the change ``body`` on ``current`` and write it twice, as an activity run twice would: the record, and
+    the first and the second outcome."""
+    request = ChangeRequest.model_validate({"target": "local-ehr", **body})
+    plan = plan_change(request, current=current, current_version=current["meta"]["versionId"] if current else None)
+    record = record_for(request)
+    writer = FhirWriter(client, target)
+    first = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
+    again = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
+    return record, first, again
+
+
 def seed(client: HttpFhirClient) -> dict[str, Any]:
     patient = {"resourceType": "Patient", "id": f"w-{uuid.uuid4().hex[:10]}", "gender": "female"}
     return client.update(patient).resource or {}
@@ -90,14 +105,8 @@ def test_after_mode_writes_then_names_the_new_version(client_for: Any, fhir: Any
 def test_a_repeated_write_is_recognised_not_duplicated(client_for: Any, fhir: Any, fhir_token: str, mode: str) -> None:
     client, target = client_for(mode)
     current = seed(client)
-    request = ChangeRequest.model_validate(
-        {"target": "local-ehr", "operation": "update", "resource": {**current, "gender": "other"}}
-    )
-    plan = plan_change(request, current=current, current_version=current["meta"]["versionId"])
-    record = record_for(request)
-    writer = FhirWriter(client, target)
-    first = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
-    again = writer.write(record, plan, source="crm", recorded=NOW, reason=None)  # the activity ran twice
+    body = {"operation": "update", "resource": {**current, "gender": "other"}}
+    record, first, again = write_twice(client, target, body, current)
     assert again.already_applied and again.version_id == first.version_id
     assert again.provenance == first.provenance
     versions = httpx.get(
@@ -112,14 +121,7 @@ def test_a_repeated_write_is_recognised_not_duplicated(client_for: Any, fhir: An
 @pytest.mark.parametrize("mode", ["after", "transaction"])
 def test_a_repeated_create_returns_the_first(client_for: Any, mode: str) -> None:
     client, target = client_for(mode)
-    request = ChangeRequest.model_validate(
-        {"target": "local-ehr", "operation": "create", "resource": {"resourceType": "Patient", "gender": "male"}}
-    )
-    plan = plan_change(request, current=None, current_version=None)
-    record = record_for(request)
-    writer = FhirWriter(client, target)
-    first = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
-    again = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
+    record, first, again = write_twice(client, target, A_PATIENT_CREATE)
     assert first.resource_id and again.resource_id == first.resource_id
     found = client.search("Patient", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"}).get("entry", [])
     assert len(found) == 1
@@ -142,14 +144,7 @@ def test_without_conditional_create_a_repeated_create_searches_first(client_for:
     target = target.model_copy(
         update={"capabilities": target.capabilities.model_copy(update={"conditional_create": False})}
     )
-    request = ChangeRequest.model_validate(
-        {"target": "local-ehr", "operation": "create", "resource": {"resourceType": "Patient", "gender": "male"}}
-    )
-    plan = plan_change(request, current=None, current_version=None)
-    record = record_for(request)
-    writer = FhirWriter(client, target)
-    first = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
-    again = writer.write(record, plan, source="crm", recorded=NOW, reason=None)
+    record, first, again = write_twice(client, target, A_PATIENT_CREATE)
     assert again.resource_id == first.resource_id
     assert len(client.search("Patient", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"}).get("entry", [])) == 1
     assert len(client.search("Provenance", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"}).get("entry", [])) == 1

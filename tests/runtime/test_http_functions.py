@@ -26,6 +26,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from devhost.app_index import AppIndex, load_app
+from devhost.durable.client_api import client_binding_json
 from devhost.http_functions import FunctionRoute, RouteTemplate, http_routes, to_starlette_response
 from devhost.http_server import ServerHandle, build_asgi_app, read_host_json, route_prefix_from, serve
 
@@ -39,47 +40,15 @@ REPO = Path(__file__).resolve().parents[2]
 GUID = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 
 
-def durable_client_json(base_url: str) -> str:
-    """The binding JSON shaped like the Durable extension's: the SDK needs ``managementUrls`` with ``id``."""
-    hub = "TestHub"
-    webhooks = f"{base_url}/runtime/webhooks/durabletask"
-    query = f"taskHub={hub}&connection=Storage"
-    instance = f"{webhooks}/instances/INSTANCEID"
-    orchestrators = f"{webhooks}/orchestrators/{{functionName}}[/{{instanceId}}]"
-    return json.dumps(
-        {
-            "taskHubName": hub,
-            "creationUrls": {
-                "createNewInstancePostUri": f"{orchestrators}?{query}",
-                "createAndWaitOnNewInstancePostUri": (
-                    f"{orchestrators}?timeout={{timeoutInSeconds}}&pollingInterval={{intervalInSeconds}}&{query}"
-                ),
-            },
-            "managementUrls": {
-                "id": "INSTANCEID",
-                "statusQueryGetUri": f"{instance}?{query}",
-                "sendEventPostUri": f"{instance}/raiseEvent/{{eventName}}?{query}",
-                "terminatePostUri": f"{instance}/terminate?reason={{text}}&{query}",
-                "rewindPostUri": f"{instance}/rewind?reason={{text}}&{query}",
-                "purgeHistoryDeleteUri": f"{instance}?{query}",
-                "restartPostUri": f"{instance}/restart?{query}",
-                "suspendPostUri": f"{instance}/suspend?reason={{text}}&{query}",
-                "resumePostUri": f"{instance}/resume?reason={{text}}&{query}",
-            },
-            "rpcBaseUrl": f"{webhooks}/",
-            "baseUrl": webhooks,
-            "requiredQueryStringParameters": query,
-        }
-    )
-
-
 class RecordingClientJson:
+    """The durable client binding the runtime serves (task hub ``TestHub``), recording the base URLs asked for."""
+
     def __init__(self) -> None:
         self.base_urls: list[str] = []
 
     def __call__(self, base_url: str) -> str:
         self.base_urls.append(base_url)
-        return durable_client_json(base_url)
+        return client_binding_json(base_url, "TestHub")
 
 
 @pytest.fixture(scope="module")

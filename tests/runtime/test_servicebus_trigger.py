@@ -6,7 +6,6 @@ sessions, and the runtime's HTTP routes for the local queues.
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import logging
 import time
@@ -20,7 +19,7 @@ from azure.functions.servicebus import ServiceBusMessage
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from devhost.app_index import AppIndex, load_app
+from devhost.app_index import AppIndex
 from devhost.servicebus import MAX_DELIVERY_COUNT_EXCEEDED, LocalServiceBus
 from devhost.servicebus_trigger import (
     BindingConfigurationError,
@@ -29,9 +28,9 @@ from devhost.servicebus_trigger import (
     queue_routes,
     resolve_setting,
 )
+from tests.runtime.sample_apps import APPS, only
 
-APPS = Path(__file__).parent / "apps"
-MODULE = "devhost_sample_sb_app"
+SAMPLE_APP = "devhost_sample_sb_app"  # the app of the conftest fixtures `full_index` and `sample`
 QUEUE = "sample-queue"
 FAIL_QUEUE = "sample-fail-queue"
 
@@ -40,22 +39,6 @@ FAIL_QUEUE = "sample-fail-queue"
 def settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAMPLE_QUEUE", QUEUE)
     monkeypatch.setenv("SAMPLE_FAIL_QUEUE", FAIL_QUEUE)
-
-
-@pytest.fixture(scope="module")
-def full_index() -> AppIndex:
-    return load_app(MODULE, APPS)
-
-
-@pytest.fixture
-def sample(full_index: AppIndex) -> ModuleType:
-    module = importlib.import_module(MODULE)
-    module.reset()
-    return module
-
-
-def only(index: AppIndex, *names: str) -> AppIndex:
-    return AppIndex(functions={n: index.functions[n] for n in names}, app=index.app)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ one-second schedule.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -20,12 +19,12 @@ from types import ModuleType
 import pytest
 from azure.functions.timer import TimerRequest
 
-from devhost.app_index import AppIndex, load_app
+from devhost.app_index import AppIndex
 from devhost.servicebus_trigger import BindingConfigurationError
 from devhost.timers import CronSchedule, IntervalSchedule, ScheduleError, TimerPump, parse_ncrontab
+from tests.runtime.sample_apps import only
 
-APPS = Path(__file__).parent / "apps"
-MODULE = "devhost_sample_timer_app"
+SAMPLE_APP = "devhost_sample_timer_app"  # the app of the conftest fixtures `full_index` and `sample`
 BASE = datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)  # a Thursday
 
 
@@ -157,22 +156,6 @@ def schedule_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAMPLE_TIMER_SCHEDULE", "0 * * * * *")
 
 
-@pytest.fixture(scope="module")
-def full_index() -> AppIndex:
-    return load_app(MODULE, APPS)
-
-
-@pytest.fixture
-def sample(full_index: AppIndex) -> ModuleType:
-    module = importlib.import_module(MODULE)
-    module.reset()
-    return module
-
-
-def only(index: AppIndex, *names: str) -> AppIndex:
-    return AppIndex(functions={n: index.functions[n] for n in names}, app=index.app)
-
-
 def pump_for(index: AppIndex, tmp_path: Path, clock: Callable[[], datetime], *names: str) -> TimerPump:
     pump = TimerPump(only(index, *names), state_db=tmp_path / "timers.db", clock=clock)
     pump.start(background=False)
@@ -207,15 +190,20 @@ def test_a_due_timer_gets_a_timer_request_with_its_schedule_status(
     }
 
 
+def ran_once_then_stopped(index: AppIndex, tmp_path: Path, name: str) -> Clock:
+    """Run timer ``name``'s 10:01 occurrence on a pump started at 10:00:30, then stop the pump; its clock."""
+    clock = Clock(at("2026-01-01T10:00:30"))
+    pump = pump_for(index, tmp_path, clock, name)
+    clock.set("2026-01-01T10:01:00")
+    assert pump.run_due() == [name]
+    pump.stop()
+    return clock
+
+
 def test_an_occurrence_missed_while_down_runs_once_past_due(
     full_index: AppIndex, sample: ModuleType, tmp_path: Path
 ) -> None:
-    clock = Clock(at("2026-01-01T10:00:30"))
-    pump = pump_for(full_index, tmp_path, clock, "monitored")
-    clock.set("2026-01-01T10:01:00")
-    assert pump.run_due() == ["monitored"]
-    pump.stop()
-
+    clock = ran_once_then_stopped(full_index, tmp_path, "monitored")
     clock.set("2026-01-01T10:05:30")  # down for several occurrences
     pump = pump_for(full_index, tmp_path, clock, "monitored")
     assert pump.run_due() == ["monitored"]
@@ -247,11 +235,7 @@ def test_a_restart_before_the_next_occurrence_is_not_past_due(
 def test_a_changed_schedule_is_not_reported_as_past_due(
     full_index: AppIndex, sample: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock(at("2026-01-01T10:00:30"))
-    pump = pump_for(full_index, tmp_path, clock, "monitored")
-    clock.set("2026-01-01T10:01:00")
-    pump.run_due()
-    pump.stop()
+    clock = ran_once_then_stopped(full_index, tmp_path, "monitored")
     monkeypatch.setenv("SAMPLE_TIMER_SCHEDULE", "0 0 * * * *")  # hourly now
     clock.set("2026-01-01T10:05:00")
     pump = pump_for(full_index, tmp_path, clock, "monitored")
@@ -263,11 +247,7 @@ def test_a_changed_schedule_is_not_reported_as_past_due(
 def test_without_the_monitor_downtime_is_forgotten_and_no_status_is_passed(
     full_index: AppIndex, sample: ModuleType, tmp_path: Path
 ) -> None:
-    clock = Clock(at("2026-01-01T10:00:30"))
-    pump = pump_for(full_index, tmp_path, clock, "unmonitored")
-    clock.set("2026-01-01T10:01:00")
-    assert pump.run_due() == ["unmonitored"]
-    pump.stop()
+    clock = ran_once_then_stopped(full_index, tmp_path, "unmonitored")
     clock.set("2026-01-01T10:05:30")
     pump = pump_for(full_index, tmp_path, clock, "unmonitored")
     assert pump.run_due() == []

@@ -557,7 +557,16 @@ def test_element_ids_are_strings_not_resource_ids() -> None:
 
 # --- code bindings ---------------------------------------------------------------------------------------------------
 
-BAD_CODES: list[tuple[dict[str, Any], Callable[[dict[str, Any]], object], str]] = [
+BadCode = tuple[dict[str, Any], Callable[[dict[str, Any]], object], str]
+
+
+def bad_status_code(base: dict[str, Any], element: str, code: str) -> BadCode:
+    """The case of ``base`` whose status CodeableConcept ``element`` has ``code`` in its first coding."""
+    path = f"{base['resourceType']}.{element}.coding[0].code"
+    return base, lambda r: r[element]["coding"][0].update(code=code), path
+
+
+BAD_CODES: list[BadCode] = [
     (PATIENT, lambda r: r.update(gender="robot"), "Patient.gender"),
     (PATIENT, lambda r: r.update(gender="Male"), "Patient.gender"),
     (PATIENT, lambda r: r.update(gender=" male"), "Patient.gender"),
@@ -583,27 +592,11 @@ BAD_CODES: list[tuple[dict[str, Any], Callable[[dict[str, Any]], object], str]] 
     (ALLERGY, lambda r: r.update(category=["food", "pollen"]), "AllergyIntolerance.category[1]"),
     (ALLERGY, lambda r: r.update(criticality="medium"), "AllergyIntolerance.criticality"),
     (ALLERGY, lambda r: r["reaction"][0].update(severity="fatal"), "AllergyIntolerance.reaction[0].severity"),
-    (
-        ALLERGY,
-        lambda r: r["clinicalStatus"]["coding"][0].update(code="remission"),
-        "AllergyIntolerance.clinicalStatus.coding[0].code",
-    ),
-    (
-        ALLERGY,
-        lambda r: r["verificationStatus"]["coding"][0].update(code="provisional"),
-        "AllergyIntolerance.verificationStatus.coding[0].code",
-    ),
+    bad_status_code(ALLERGY, "clinicalStatus", "remission"),
+    bad_status_code(ALLERGY, "verificationStatus", "provisional"),
     (ALLERGY, lambda r: r.update(clinicalStatus={"text": "active"}), "AllergyIntolerance.clinicalStatus"),
-    (
-        CONDITION,
-        lambda r: r["clinicalStatus"]["coding"][0].update(code="cured"),
-        "Condition.clinicalStatus.coding[0].code",
-    ),
-    (
-        CONDITION,
-        lambda r: r["verificationStatus"]["coding"][0].update(code="maybe"),
-        "Condition.verificationStatus.coding[0].code",
-    ),
+    bad_status_code(CONDITION, "clinicalStatus", "cured"),
+    bad_status_code(CONDITION, "verificationStatus", "maybe"),
     (
         CONDITION,
         lambda r: r["clinicalStatus"]["coding"][0].update(system="http://other.org"),

@@ -306,68 +306,85 @@ def test_unquoted_date_version_and_app_id_case() -> None:
 OBS = "sources.app.targets.t.Observation"
 
 
+def path_rule_case(case_id: str, rule: str, field: str, says: str) -> Any:
+    """A policy whose one path rule is ``rule``: refused on its line (10), naming ``{OBS}.paths`` + ``field``."""
+    return pytest.param(policy_text(f"paths:\n  {rule}"), 10, f"{OBS}.paths{field}", says, id=case_id)
+
+
+def when_case(case_id: str, expression: str, says: str) -> Any:
+    """A policy whose ``when`` is ``expression``: refused on its line (9), naming ``{OBS}.when``."""
+    return pytest.param(policy_text(f"when: '{expression}'"), 9, f"{OBS}.when", says, id=case_id)
+
+
 @pytest.mark.parametrize(
     ("text", "line", "field", "says"),
     [
-        (policy_text("paths:\n  Observation.status: maybe"), 10, f'{OBS}.paths\\["Observation.status"\\]', "'allow'"),
-        (policy_text("paths: {}", operations="[create, upsert]"), 8, f"{OBS}.operations\\[1\\]", "'create'"),
-        (policy_text("paths:\n  status: allow"), 10, f"{OBS}.paths.status", "not a rule path"),
-        (policy_text("paths:\n  Observation..code: allow"), 10, f"{OBS}.paths", "not a rule path"),
-        (policy_text("paths:\n  Patient.name: allow"), 10, f'{OBS}.paths\\["Patient.name"\\]', "rules are for Obs"),
-        (policy_text("paths:\n  Observation.stauts: allow"), 10, f"{OBS}.paths", "did you mean 'status'"),
-        (policy_text("paths:\n  Observation.value: allow"), 10, f"{OBS}.paths", "write 'Observation.value\\[x\\]'"),
-        (policy_text("paths:\n  Observation.code[x]: allow"), 10, f"{OBS}.paths", "not a choice element"),
-        (policy_text("paths: {}", resource_type="Patiant"), 7, "sources.app.targets.t.Patiant", "mean 'Patient'"),
-        (policy_text("when: 'Observation.('"), 9, f"{OBS}.when", "FHIRPath syntax error at column 13"),
-        (policy_text("when: 'Observation.code )'"), 9, f"{OBS}.when", "FHIRPath syntax error"),
-        (policy_text("when: 'Observation.code.wher(true)'"), 9, f"{OBS}.when", "'wher\\(\\)' is not known"),
-        (policy_text("when: 'Observation.code.where()'"), 9, f"{OBS}.when", "takes 1 argument"),
-        (policy_text("when: 'Patient.active'"), 9, f"{OBS}.when", "starts from Patient"),
-        (policy_text("require_base_version: 'yes'"), 9, f"{OBS}.require_base_version", "boolean"),
-        (policy_text("colour: red"), 9, f"{OBS}.colour", "not a known field"),
-        (policy_text("paths: {}", operations="[]"), 8, f"{OBS}.operations", "at least 1"),
-        (policy_text("paths:\n  Observation.code: allow\n  Observation.code: deny"), 11, f"{OBS}.paths", "twice"),
-        (
+        path_rule_case("bad-decision", "Observation.status: maybe", '\\["Observation.status"\\]', "'allow'"),
+        pytest.param(
+            policy_text("paths: {}", operations="[create, upsert]"),
+            8,
+            f"{OBS}.operations\\[1\\]",
+            "'create'",
+            id="unknown-operation",
+        ),
+        path_rule_case("path-without-type", "status: allow", ".status", "not a rule path"),
+        path_rule_case("bad-path-syntax", "Observation..code: allow", "", "not a rule path"),
+        path_rule_case("path-type-mismatch", "Patient.name: allow", '\\["Patient.name"\\]', "rules are for Obs"),
+        path_rule_case("unknown-element", "Observation.stauts: allow", "", "did you mean 'status'"),
+        path_rule_case("choice-without-x", "Observation.value: allow", "", "write 'Observation.value\\[x\\]'"),
+        path_rule_case("x-on-non-choice", "Observation.code[x]: allow", "", "not a choice element"),
+        pytest.param(
+            policy_text("paths: {}", resource_type="Patiant"),
+            7,
+            "sources.app.targets.t.Patiant",
+            "mean 'Patient'",
+            id="unknown-resource-type",
+        ),
+        when_case("fhirpath-syntax", "Observation.(", "FHIRPath syntax error at column 13"),
+        when_case("fhirpath-trailing-text", "Observation.code )", "FHIRPath syntax error"),
+        when_case("fhirpath-unknown-function", "Observation.code.wher(true)", "'wher\\(\\)' is not known"),
+        when_case("fhirpath-arity", "Observation.code.where()", "takes 1 argument"),
+        when_case("fhirpath-other-root", "Patient.active", "starts from Patient"),
+        pytest.param(
+            policy_text("require_base_version: 'yes'"), 9, f"{OBS}.require_base_version", "boolean", id="not-a-boolean"
+        ),
+        pytest.param(policy_text("colour: red"), 9, f"{OBS}.colour", "not a known field", id="unknown-field"),
+        pytest.param(
+            policy_text("paths: {}", operations="[]"), 8, f"{OBS}.operations", "at least 1", id="no-operations"
+        ),
+        pytest.param(
+            policy_text("paths:\n  Observation.code: allow\n  Observation.code: deny"),
+            11,
+            f"{OBS}.paths",
+            "twice",
+            id="duplicate-yaml-key",
+        ),
+        pytest.param(
             'version: "1"\nsources:\n  a:\n    app_ids: [x, y]\n  b:\n    app_ids: [Y]\n',
             6,
             r"sources\.b\.app_ids\[0\]",
             "already used by source 'a'",
+            id="duplicate-app-id",
         ),
-        ('version: "1"\nsources:\n  a: [x]\n', 3, r"sources\.a", "must be a mapping"),
-        ('version: "1"\nsources:\n  "a b":\n    app_ids: [x]\n', 3, r'sources\["a b"\]', "must match"),
-        ('version: "1"\nsources: {}\nextra: 1\n', 3, "extra", "not a known field"),
-        ("sources: {}\n", 1, "version", "is required"),
-        ("- version\n- sources\n", 1, r"\(top level\)", "must be a mapping"),
-        ('version: "1"\nsources:\n  a:\n    app_ids: [x\n', 5, "", "YAML syntax error"),
-        ("", 1, "", "empty"),
-    ],
-    ids=[
-        "bad-decision",
-        "unknown-operation",
-        "path-without-type",
-        "bad-path-syntax",
-        "path-type-mismatch",
-        "unknown-element",
-        "choice-without-x",
-        "x-on-non-choice",
-        "unknown-resource-type",
-        "fhirpath-syntax",
-        "fhirpath-trailing-text",
-        "fhirpath-unknown-function",
-        "fhirpath-arity",
-        "fhirpath-other-root",
-        "not-a-boolean",
-        "unknown-field",
-        "no-operations",
-        "duplicate-yaml-key",
-        "duplicate-app-id",
-        "source-not-a-mapping",
-        "bad-source-name",
-        "unknown-top-level-field",
-        "missing-version",
-        "top-level-not-a-mapping",
-        "yaml-syntax-error",
-        "empty-file",
+        pytest.param(
+            'version: "1"\nsources:\n  a: [x]\n', 3, r"sources\.a", "must be a mapping", id="source-not-a-mapping"
+        ),
+        pytest.param(
+            'version: "1"\nsources:\n  "a b":\n    app_ids: [x]\n',
+            3,
+            r'sources\["a b"\]',
+            "must match",
+            id="bad-source-name",
+        ),
+        pytest.param(
+            'version: "1"\nsources: {}\nextra: 1\n', 3, "extra", "not a known field", id="unknown-top-level-field"
+        ),
+        pytest.param("sources: {}\n", 1, "version", "is required", id="missing-version"),
+        pytest.param("- version\n- sources\n", 1, r"\(top level\)", "must be a mapping", id="top-level-not-a-mapping"),
+        pytest.param(
+            'version: "1"\nsources:\n  a:\n    app_ids: [x\n', 5, "", "YAML syntax error", id="yaml-syntax-error"
+        ),
+        pytest.param("", 1, "", "empty", id="empty-file"),
     ],
 )
 def test_invalid_file_names_field_and_line(text: str, line: int, field: str, says: str) -> None:

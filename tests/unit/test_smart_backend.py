@@ -39,22 +39,16 @@ from shared.adapters.smart_backend import (
 )
 from shared.core.errors import AuthError, ConfigurationError, RetryableError
 from shared.core.targets import TargetConfig
+from tests.support import ManualClock, from_threads
 from tools.smart_token_endpoint import Authority, RefusedError
 
 TOKEN_URL = "https://ehr.example/oauth2/token"
 CLIENT_ID = "writeback-gateway"
 SCOPE = "system/Patient.rs system/Observation.c"
 
+START = 1_700_000_000.0
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP384R1())
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TokenEndpointDouble:
@@ -152,7 +146,7 @@ def test_token_request_is_a_client_credentials_grant_with_the_assertion() -> Non
 
 
 def test_token_cached_until_expiry_minus_margin() -> None:
-    clock, double = Clock(), TokenEndpointDouble()
+    clock, double = ManualClock(START), TokenEndpointDouble()
     p = provider(double, clock=clock, refresh_margin=60)
     assert p.token(SCOPE) == "token-1"
     clock.now += 239
@@ -164,7 +158,7 @@ def test_token_cached_until_expiry_minus_margin() -> None:
 
 
 def test_short_lived_token_refreshed_after_half_its_life() -> None:
-    clock = Clock()
+    clock = ManualClock(START)
     double = TokenEndpointDouble(lambda n: httpx.Response(200, json=TokenEndpointDouble.grant(n, expires_in=60)))
     p = provider(double, clock=clock, refresh_margin=60)
     p.token(SCOPE)
@@ -188,13 +182,7 @@ def test_cache_is_per_scope_and_can_be_invalidated() -> None:
 def test_concurrent_callers_share_one_token_request() -> None:
     double = TokenEndpointDouble(delay=0.1)
     p = provider(double)
-    results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(p.token(SCOPE))) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == ["token-1"] * 12
+    assert from_threads(lambda: p.token(SCOPE), 12) == ["token-1"] * 12
     assert len(double.forms) == 1
 
 

@@ -13,22 +13,16 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from shared.adapters.identity import AzureIdentityTokenProvider, reset_token_providers, token_provider_for
 from shared.core.errors import AuthError, ConfigurationError, RetryableError
 from shared.core.targets import TargetConfig
+from tests.support import ManualClock, from_threads
 
 SCOPE = "api://local-ehr/.default"
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+START = 1_800_000_000.0
 
 
 class IssuingCredential:
     """A credential double: issues token-1, token-2, ... each living ``lifetime`` seconds from the clock's now."""
 
-    def __init__(self, clock: Clock, lifetime: float = 3600, delay: float = 0.0) -> None:
+    def __init__(self, clock: ManualClock[float], lifetime: float = 3600, delay: float = 0.0) -> None:
         self.clock = clock
         self.lifetime = lifetime
         self.delay = delay
@@ -51,7 +45,7 @@ class FailingCredential:
 
 
 def test_token_is_cached_until_five_minutes_before_expiry() -> None:
-    clock = Clock()
+    clock = ManualClock(START)
     provider = AzureIdentityTokenProvider(IssuingCredential(clock, lifetime=3600), clock=clock)
     first = provider.token(SCOPE)
     clock.now += 3600 - 301
@@ -63,7 +57,7 @@ def test_token_is_cached_until_five_minutes_before_expiry() -> None:
 
 
 def test_tokens_are_cached_per_scope() -> None:
-    clock = Clock()
+    clock = ManualClock(START)
     provider = AzureIdentityTokenProvider(IssuingCredential(clock), clock=clock)
     a = provider.token("api://a/.default")
     b = provider.token("api://b/.default")
@@ -73,7 +67,7 @@ def test_tokens_are_cached_per_scope() -> None:
 
 
 def test_short_lived_token_is_still_reused_for_half_its_life() -> None:
-    clock = Clock()
+    clock = ManualClock(START)
     provider = AzureIdentityTokenProvider(IssuingCredential(clock, lifetime=240), clock=clock)
     first = provider.token(SCOPE)
     clock.now += 100
@@ -83,7 +77,7 @@ def test_short_lived_token_is_still_reused_for_half_its_life() -> None:
 
 
 def test_invalidate_forces_a_new_token() -> None:
-    clock = Clock()
+    clock = ManualClock(START)
     provider = AzureIdentityTokenProvider(IssuingCredential(clock), clock=clock)
     first = provider.token(SCOPE)
     provider.invalidate(SCOPE)
@@ -91,22 +85,10 @@ def test_invalidate_forces_a_new_token() -> None:
 
 
 def test_concurrent_callers_share_one_fetch() -> None:
-    clock = Clock()
+    clock = ManualClock(START)
     credential = IssuingCredential(clock, delay=0.05)
     provider = AzureIdentityTokenProvider(credential, clock=clock)
-    results: list[str] = []
-    lock = threading.Lock()
-
-    def call() -> None:
-        token = provider.token(SCOPE)
-        with lock:
-            results.append(token)
-
-    threads = [threading.Thread(target=call) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = from_threads(lambda: provider.token(SCOPE), 16)
     assert len(results) == 16
     assert set(results) == {f"{SCOPE}#token-1"}
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from tools.services.process import REPO_ROOT, ManagedProcess, free_port, http_ok
+from tools.services.process import REPO_ROOT, ManagedProcess, free_port, start_when_ready
 
 HOST = "127.0.0.1"
 BASE_PATH = "/fhir/R4"
@@ -139,11 +139,6 @@ def start_fhir_server(
         argv += ["--jwks-url", jwks_url, "--audience", audience]
         if issuer is not None:
             argv += ["--issuer", issuer]
-    process = ManagedProcess("fhir-server", argv, log_dir=log_dir)
     origin = f"http://{HOST}:{port}"
-    try:
-        process.wait_ready(http_ok(f"{origin}/healthz"), timeout=60)
-    except BaseException:
-        process.stop()
-        raise
+    process = start_when_ready("fhir-server", argv, f"{origin}/healthz", timeout=60, log_dir=log_dir)
     return FhirServer(base_url=f"{origin}{BASE_PATH}", control_url=f"{origin}/_control", process=process)

@@ -177,3 +177,23 @@ def http_ok(url: str) -> Callable[[], bool]:
         return httpx.get(url, timeout=1.0).is_success
 
     return probe
+
+
+def start_when_ready(
+    name: str,
+    argv: Sequence[str],
+    ready_url: str,
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+) -> ManagedProcess:
+    """Start ``argv`` as ``name`` and wait until GET ``ready_url`` answers 2xx; a process that does not get there
+    (or a wait cut short, Ctrl-C included) is stopped again."""
+    process = ManagedProcess(name, argv, env=env, log_dir=log_dir)
+    try:
+        process.wait_ready(http_ok(ready_url), timeout=timeout)
+    except BaseException:
+        process.stop()
+        raise
+    return process

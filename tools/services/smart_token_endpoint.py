@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tools.services.process import ManagedProcess, free_port, http_ok
+from tools.services.process import ManagedProcess, free_port, start_when_ready
 
 HOST = "127.0.0.1"
 
@@ -72,11 +72,9 @@ def start_smart_token_endpoint(
         "--ttl",
         str(ttl),
     ]
-    process = ManagedProcess("smart-token-endpoint", argv, env={"PYTHONUNBUFFERED": "1"}, log_dir=log_dir)
     base_url = f"http://{HOST}:{port}"
-    try:
-        process.wait_ready(http_ok(f"{base_url}/healthz"), timeout=30)
-    except BaseException:
-        process.stop()
-        raise
+    env = {"PYTHONUNBUFFERED": "1"}
+    process = start_when_ready(
+        "smart-token-endpoint", argv, f"{base_url}/healthz", timeout=30, env=env, log_dir=log_dir
+    )
     return SmartTokenEndpoint(url=f"{base_url}/token", base_url=base_url, client_id=client_id, process=process)

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.services.process import ManagedProcess, free_port, http_ok
+from tools.services.process import ManagedProcess, free_port, start_when_ready
 
 HOST = "127.0.0.1"
 
@@ -43,13 +43,8 @@ def start_token_endpoint(
     if key_file is not None:
         argv += ["--key-file", str(key_file)]
     env = {"TOKEN_ENDPOINT_IDENTITY_HEADER": identity_header, "PYTHONUNBUFFERED": "1"}
-    process = ManagedProcess("token-endpoint", argv, env=env, log_dir=log_dir)
     base_url = f"http://{HOST}:{port}"
-    try:
-        process.wait_ready(http_ok(f"{base_url}/healthz"), timeout=30)
-    except BaseException:
-        process.stop()
-        raise
+    process = start_when_ready("token-endpoint", argv, f"{base_url}/healthz", timeout=30, env=env, log_dir=log_dir)
     return TokenEndpoint(
         url=f"{base_url}/msi/token",
         identity_header=identity_header,
