@@ -20,7 +20,7 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.adapters.approval_webhook import WebhookNotifier
 from shared.adapters.blob_payload_store import BlobPayloadStore
-from shared.adapters.fhir_guard import CircuitBreaker, GuardedFhirClient, TokenBucket
+from shared.adapters.fhir_guard import CircuitBreaker, GuardedFhirClient, LocalGuard, TargetGuard, TokenBucket
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import token_provider_for
 from shared.adapters.local_queue_publisher import LocalQueuePublisher
@@ -30,6 +30,7 @@ from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
 from shared.adapters.table_sweep_state import TableSweepState
+from shared.adapters.table_target_guard import GuardTable, TableTargetGuard
 from shared.api.access import Access
 from shared.api.approvals_api import ApprovalsApi
 from shared.api.caller_identity import Authenticator, JwtValidator
@@ -61,11 +62,21 @@ from shared.core.targets import TargetConfig, TargetRegistry
 FhirClients = Callable[[TargetConfig], FhirClient]
 
 
-class GuardedFhirClients:
-    """One guarded HTTP client per target (rate limit and circuit breaker per process), made on first use."""
+TargetGuards = Callable[[TargetConfig], TargetGuard]
 
-    def __init__(self, managed_identity_client_id: str | None) -> None:
+
+def local_guard(target: TargetConfig) -> TargetGuard:
+    """A guard in this process only (one instance, tests, benchmarks)."""
+    limiter = TokenBucket(target.rate_limit_per_second) if target.rate_limit_per_second else None
+    return LocalGuard(limiter, CircuitBreaker())
+
+
+class GuardedFhirClients:
+    """One guarded HTTP client per target, made on first use."""
+
+    def __init__(self, managed_identity_client_id: str | None, guards: TargetGuards = local_guard) -> None:
         self._managed_identity_client_id = managed_identity_client_id
+        self._guards = guards
         self._clients: dict[str, FhirClient] = {}
         self._lock = threading.Lock()
 
@@ -74,9 +85,8 @@ class GuardedFhirClients:
             client = self._clients.get(target.id)
             if client is None:
                 tokens = token_provider_for(target, managed_identity_client_id=self._managed_identity_client_id)
-                limiter = TokenBucket(target.rate_limit_per_second) if target.rate_limit_per_second else None
                 client = self._clients[target.id] = GuardedFhirClient(
-                    HttpFhirClient(target, tokens=tokens), limiter=limiter, breaker=CircuitBreaker()
+                    HttpFhirClient(target, tokens=tokens), self._guards(target)
                 )
             return client
 
@@ -193,8 +203,15 @@ class Gateway:
         )
 
     @cached_property
+    def target_guards(self) -> TargetGuards:
+        """Each target's rate limit and circuit breaker, held in Table Storage for every instance together."""
+        table = GuardTable(self.table_service, prefix=self.settings.table_prefix)
+        table.ensure_tables()
+        return lambda target: TableTargetGuard(table, target.id, rate=target.rate_limit_per_second)
+
+    @cached_property
     def fhir(self) -> FhirClients:
-        return GuardedFhirClients(self.settings.managed_identity_client_id)
+        return GuardedFhirClients(self.settings.managed_identity_client_id, self.target_guards)
 
     @cached_property
     def approval_signer(self) -> ApprovalLinkSigner:

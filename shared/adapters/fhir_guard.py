@@ -1,12 +1,16 @@
 """Protection for a target FHIR server: a per-target rate limit and a circuit breaker, around any ``FhirClient``.
 
-- Rate limit: a token bucket per target (``rate_limit_per_second`` in the targets file). A call waits for a token
-  for up to ``max_wait`` seconds; past that it raises ``RetryableError`` with the wait, so the change waits on a
-  durable timer instead of holding a worker.
+- Rate limit (``rate_limit_per_second`` in the targets file): a call waits for its slot for up to ``max_wait``
+  seconds; past that it raises ``RetryableError`` with the wait, so the change waits on a durable timer instead of
+  holding a worker.
 - Circuit breaker: after ``failure_threshold`` transient failures in a row, the target is left alone for
   ``cooldown`` seconds: calls fail fast with ``CircuitOpenError`` (retryable, carrying the time left), so changes
   wait rather than pile onto a failing EHR; then one trial call decides between closing and opening again.
 Permanent errors (4xx) are the caller's problem, not the target's health: they do not trip the breaker.
+
+A ``TargetGuard`` holds both. ``LocalGuard`` keeps them in this process (a token bucket and a breaker in memory):
+right for one process, tests and benchmarks. The deployed app uses ``table_target_guard.TableTargetGuard``, which
+holds them for every instance together.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from shared.core.errors import RetryableError
 from shared.core.ports import FhirClient, FhirResponse
@@ -101,39 +105,56 @@ class CircuitBreaker:
                 self._opened_at, self._trial = self._clock(), False
 
 
-class GuardedFhirClient:
-    """A ``FhirClient`` that goes through the target's rate limit and circuit breaker."""
+class TargetGuard(Protocol):
+    def admit(self, max_wait: float) -> None:
+        """Return when the call may go; CircuitOpenError or RetryableError (with the wait) when it may not now."""
 
-    def __init__(
-        self,
-        inner: FhirClient,
-        *,
-        limiter: TokenBucket | None,
-        breaker: CircuitBreaker | None,
-        max_wait: float = 5.0,
-    ) -> None:
-        self.inner = inner
+    def succeeded(self) -> None: ...
+
+    def failed(self) -> None: ...
+
+
+class LocalGuard:
+    """The rate limit and breaker of one target, in this process only."""
+
+    def __init__(self, limiter: TokenBucket | None, breaker: CircuitBreaker | None) -> None:
         self.limiter = limiter
         self.breaker = breaker
-        self.max_wait = max_wait
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def admit(self, max_wait: float) -> None:
         if self.breaker is not None:
             self.breaker.before_call()
         if self.limiter is not None:
-            self.limiter.acquire(self.max_wait)
+            self.limiter.acquire(max_wait)
+
+    def succeeded(self) -> None:
+        if self.breaker is not None:
+            self.breaker.succeeded()
+
+    def failed(self) -> None:
+        if self.breaker is not None:
+            self.breaker.failed()
+
+
+class GuardedFhirClient:
+    """A ``FhirClient`` that goes through the target's guard (rate limit and circuit breaker)."""
+
+    def __init__(self, inner: FhirClient, guard: TargetGuard, *, max_wait: float = 5.0) -> None:
+        self.inner = inner
+        self.guard = guard
+        self.max_wait = max_wait
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        self.guard.admit(self.max_wait)
         try:
             result = fn()
         except RetryableError:
-            if self.breaker is not None:
-                self.breaker.failed()
+            self.guard.failed()
             raise
         except Exception:
-            if self.breaker is not None:
-                self.breaker.succeeded()  # the target answered: it is up, the request was the problem
+            self.guard.succeeded()  # the target answered: it is up, the request was the problem
             raise
-        if self.breaker is not None:
-            self.breaker.succeeded()
+        self.guard.succeeded()
         return result
 
     def read(self, resource_type: str, resource_id: str) -> FhirResponse:

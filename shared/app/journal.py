@@ -1,9 +1,9 @@
 """The change journal: a change's record and its append-only lineage, one Table transaction per transition.
 
-It keeps the last record it wrote or read per change in a small per-process cache (with its ETag), so the
-steps of one change running in one process do not read the record again before each write. The cache is never the
-truth: in Azure another instance may have moved the change since. A cached record is trusted only to go ahead with
-a write, which carries its ETag and fails with ``ConcurrencyError`` if the record moved (the step reloads); a
+It keeps the last record it wrote or read per change in a small per-process cache (with its ETag, for 30 s), so
+the steps of one change running in one process do not read the record again before each write. The cache is never
+the truth: in Azure another instance may have moved the change since. A cached record is trusted only to go ahead
+with a write, which carries its ETag and fails with ``ConcurrencyError`` if the record moved (the step reloads); a
 decision to do nothing (a step past its state, a duplicate message) is made on the stored record, read fresh
 (``load(..., expect=...)``).
 Lineage details must never hold PHI: element paths, hashes, versions, actors and outcomes only.
@@ -12,6 +12,7 @@ Lineage details must never hold PHI: element paths, hashes, versions, actors and
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from shared.core.telemetry import approvals_pending, changes_ended
 
 GATEWAY_ACTOR = "gateway"
 CACHE_SIZE = 4096
+# Long enough for the steps of one change that follow each other in one process; short enough that a record cached
+# in an earlier round of the change (before a retry made elsewhere) is not used.
+CACHE_TTL_SECONDS = 30.0
 
 
 def utcnow() -> datetime:
@@ -42,15 +46,24 @@ class Step:
 
 
 class ChangeJournal:
-    def __init__(self, store: ChangeStore, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        store: ChangeStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        cache_ttl: float = CACHE_TTL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self._clock = clock
-        self._cache: OrderedDict[str, ChangeRecord] = OrderedDict()
+        self._cache_ttl = cache_ttl
+        self._monotonic = monotonic
+        self._cache: OrderedDict[str, tuple[ChangeRecord, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _remember(self, record: ChangeRecord) -> ChangeRecord:
         with self._lock:
-            self._cache[record.change_id] = record
+            self._cache[record.change_id] = (record, self._monotonic())
             self._cache.move_to_end(record.change_id)
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
@@ -70,9 +83,11 @@ class ChangeJournal:
         """
         if not fresh:
             with self._lock:
-                cached = self._cache.get(change_id)
-            if cached is not None and (expect is None or cached.status in expect):
-                return cached.model_copy()
+                entry = self._cache.get(change_id)
+            if entry is not None and self._monotonic() - entry[1] < self._cache_ttl:
+                cached = entry[0]
+                if expect is None or cached.status in expect:
+                    return cached.model_copy()
         record = self.store.get(change_id)
         if record is None:
             self.forget(change_id)

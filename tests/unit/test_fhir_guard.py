@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.adapters.fhir_guard import CircuitBreaker, CircuitOpenError, GuardedFhirClient, TokenBucket
+from shared.adapters.fhir_guard import CircuitBreaker, CircuitOpenError, GuardedFhirClient, LocalGuard, TokenBucket
 from shared.core.errors import PermanentError, RetryableError
 from shared.fakes.fhir import FakeFhirClient
 
@@ -52,7 +52,7 @@ def test_breaker_opens_after_repeated_failures_fails_fast_then_trials() -> None:
     fake = FakeFhirClient()
     created = fake.create({"resourceType": "Patient"})
     breaker = CircuitBreaker(failure_threshold=3, cooldown=30, clock=clock)
-    client = GuardedFhirClient(fake, limiter=None, breaker=breaker)
+    client = GuardedFhirClient(fake, LocalGuard(None, breaker))
     fake.fail_next(RetryableError(detail="503", downstream_status=503), count=3)
     for _ in range(3):
         with pytest.raises(RetryableError):
@@ -71,7 +71,7 @@ def test_a_failed_trial_opens_again_and_4xx_do_not_trip_it() -> None:
     clock = Clock()
     fake = FakeFhirClient()
     breaker = CircuitBreaker(failure_threshold=2, cooldown=10, clock=clock)
-    client = GuardedFhirClient(fake, limiter=None, breaker=breaker)
+    client = GuardedFhirClient(fake, LocalGuard(None, breaker))
     fake.fail_next(PermanentError(detail="400", downstream_status=400), count=5)
     for _ in range(5):
         with pytest.raises(PermanentError):
