@@ -1,4 +1,4 @@
-"""HTTP functions for decisions on a change: approve / reject, cancel, and the signed callback links.
+"""HTTP functions for decisions on a change: approve / reject, cancel, and the signed approval callback.
 
 Each records the decision through the core, then wakes the change's orchestration with an ``approval`` event.
 """
@@ -51,12 +51,15 @@ async def cancel_change(req: func.HttpRequest, client: df.DurableOrchestrationCl
     return to_http_response(response)
 
 
-@bp.route(route="api/v1/changes/{changeId}/approval/callback", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="api/v1/callbacks/approval", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.durable_client_input(client_name="client")
 async def approval_callback(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     api = bootstrap.gateway().approvals_api
-    response, wake = await asyncio.to_thread(
-        api.approval_callback, req.route_params["changeId"], req.params.get("token"), req.get_body(), base_url_of(req)
-    )
+    response, wake = await asyncio.to_thread(api.approval_callback, headers_of(req), req.get_body(), base_url_of(req))
     await _wake(client, wake)
     return to_http_response(response)
+
+
+@bp.route(route="api/v1/changes/{changeId}/approval/callback", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def moved_approval_callback(req: func.HttpRequest) -> func.HttpResponse:
+    return to_http_response(bootstrap.gateway().approvals_api.moved_callback(req.route_params["changeId"]))

@@ -46,6 +46,8 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
+var easyAuth = loadJsonContent('easyauth.json')
+
 var baseAppSettings = {
   // Host storage (Durable Functions task hub, leases, timers) through the identity; no AzureWebJobsStorage connection string.
   AzureWebJobsStorage__credential: 'managedidentity'
@@ -158,13 +160,9 @@ resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
     }
     globalValidation: {
       requireAuthentication: true
-      unauthenticatedClientAction: 'Return401'
-      // Health for probes; the approval callback carries its own HMAC-signed, single-use token.
-      excludedPaths: [
-        '/api/v1/health'
-        '/api/v1/health/live'
-        '/api/v1/changes/*/approval/callback'
-      ]
+      // One file with the local emulation: health for probes; the approval callback carries its own signed token.
+      unauthenticatedClientAction: easyAuth.unauthenticatedClientAction
+      excludedPaths: easyAuth.excludedPaths
     }
     identityProviders: {
       azureActiveDirectory: {

@@ -13,8 +13,9 @@ from shared.api.caller_identity import ROLE_APPROVE, ROLE_OPERATE, ROLE_SUBMIT, 
 from shared.api.requests import ApprovalRequest, CallbackBody, parse_body
 from shared.api.responses import ApiResponse, answer, change_answer
 from shared.api.status_view import status_body
+from shared.app.approval_links import CALLBACK_PATH, TOKEN_HEADER
 from shared.app.approvals import ApprovalLinks, ApprovalService, Approver
-from shared.core.errors import Issue, NotFoundError, RequestError
+from shared.core.errors import GoneError, Issue, NotFoundError, RequestError
 from shared.core.models import ChangeRecord
 
 WakeUp = dict[str, str] | None
@@ -72,23 +73,41 @@ class ApprovalsApi:
 
         return _answer_waking(action, f"/api/v1/changes/{change_id}/cancel")
 
-    def approval_callback(
-        self, change_id: str, token: str | None, body: bytes, base_url: str
-    ) -> tuple[ApiResponse, WakeUp]:
-        """A signed, single-use approve / reject link, called by a Power Automate or Logic Apps flow."""
+    def approval_callback(self, headers: Mapping[str, str], body: bytes, base_url: str) -> tuple[ApiResponse, WakeUp]:
+        """``POST /callbacks/approval``: a signed, single-use approve / reject token, posted by a Power Automate or
+        Logic Apps flow in the ``X-Approval-Token`` header (or the body's ``token``); a token in the URL is ignored."""
 
         def action() -> tuple[ApiResponse, WakeUp]:
             if self._links is None:
                 raise NotFoundError("approval links are not configured")
+            extra = parse_body(CallbackBody, body, what="a valid approval callback")
+            token = _header(headers, TOKEN_HEADER) or extra.token
             if not token:
                 raise RequestError(
-                    "The token is missing", issues=[Issue("token", "required", "the signed link's token")]
+                    "The approval token is missing",
+                    issues=[Issue(TOKEN_HEADER, "required", "the notification's approveToken or rejectToken")],
                 )
-            claims = self._links.signer.verify(token, change_id=change_id)
-            extra = parse_body(CallbackBody, body, what="valid")
+            claims = self._links.signer.verify(token)
             self._links.nonces.use(claims.nonce, claims.change_id, claims.expires_at)
             approver = Approver(extra.approver or "approval-flow", None, "callback")
-            record = self._approvals.decide(change_id, claims.decision, approver, extra.comment)
+            record = self._approvals.decide(claims.change_id, claims.decision, approver, extra.comment)
             return _decided(record, base_url)
 
-        return _answer_waking(action, f"/api/v1/changes/{change_id}/approval/callback")
+        return _answer_waking(action, CALLBACK_PATH)
+
+    def moved_callback(self, change_id: str) -> ApiResponse:
+        """The callback's old path (a token in its query string): 410, saying where the callback went."""
+
+        def refuse() -> ApiResponse:
+            raise GoneError(
+                f"The approval callback moved to POST {CALLBACK_PATH}, with the token in the {TOKEN_HEADER} header "
+                "(or the JSON body's token), never in the URL; notifications carry callbackUrl, approveToken and "
+                "rejectToken"
+            )
+
+        return answer(refuse, f"/api/v1/changes/{change_id}/approval/callback")
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), None)

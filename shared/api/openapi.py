@@ -19,6 +19,7 @@ from shared.api.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, R
 from shared.api.requests import ApprovalRequest, CallbackBody, ReplayRequest, ResolveRequest
 from shared.api.responses import MAX_PAGE_SIZE, RETRY_AFTER_SECONDS
 from shared.api.swagger_schema import REF_PREFIX, Schema, swagger_definitions
+from shared.app.approval_links import TOKEN_HEADER
 from shared.app.intake import IDEMPOTENCY_KEY
 from shared.config import Settings
 from shared.core.models import TERMINAL_STATUSES, ChangeRequest, ChangeStatus, Operation
@@ -572,23 +573,47 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                 decision_answers,
             ),
         },
-        "/changes/{changeId}/approval/callback": {
+        "/callbacks/approval": {
             "post": _operation(
                 "ApprovalCallback",
-                "Signed approval link (internal)",
+                "Decide with a signed approval token (internal)",
                 (
-                    "The approve / reject links the gateway sends to an approval flow: single use, HMAC-signed, "
-                    "expiring with the approval deadline. Called by the flow with the link as given, not by the "
-                    "connector."
+                    "An approval flow decides by posting the notification's approveToken or rejectToken here, in "
+                    f"the {TOKEN_HEADER} header (or the body's token), never in the URL: single use, HMAC-signed, "
+                    "expiring with the approval deadline. Called by the flow, not by the connector."
                 ),
                 [
-                    _change_id(),
-                    _query("token", "Token", "The signed link's token.", required=True),
-                    _body("ApprovalCallback", "Approver", "Who decided, and a comment.", required=False),
+                    {
+                        "name": TOKEN_HEADER,
+                        "in": "header",
+                        "required": False,
+                        "type": "string",
+                        "maxLength": 1024,
+                        "x-ms-summary": "Approval token",
+                        "description": "The notification's approveToken or rejectToken.",
+                    },
+                    _body(
+                        "ApprovalCallback",
+                        "Decision",
+                        "The token (if not in the header), who decided, a comment.",
+                        required=False,
+                    ),
                 ],
                 decision_answers,
                 visibility="internal",
                 security=[],
+            ),
+        },
+        "/changes/{changeId}/approval/callback": {
+            "post": _operation(
+                "MovedApprovalCallback",
+                "Old approval callback (gone)",
+                f"Moved to POST /callbacks/approval with the token in the {TOKEN_HEADER} header; answers 410.",
+                [_change_id()],
+                {"410": {"description": "Gone: the problem's detail says where.", "schema": _ref("Problem")}},
+                visibility="internal",
+                security=[],
+                deprecated=True,
             ),
         },
         "/changes/{changeId}/cancel": {
@@ -760,6 +785,7 @@ _TAGS = {
     "GetResourceLineage": "changes",
     "DecideApproval": "approvals",
     "ApprovalCallback": "approvals",
+    "MovedApprovalCallback": "approvals",
     "CancelChange": "approvals",
     "RetryChange": "operations",
     "ResolveConflict": "operations",

@@ -40,10 +40,17 @@ class ApprovalRequest(BaseModel):
 
 
 class CallbackBody(BaseModel):
-    """Who decided through a signed approval link, and a comment (POST /changes/{changeId}/approval/callback)."""
+    """A decision through a signed approval token (POST /callbacks/approval): the token (when not sent in the
+    X-Approval-Token header), who decided, and a comment."""
 
     model_config = ConfigDict(extra="ignore")
 
+    token: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The approveToken or rejectToken of the notification, if not sent in the X-Approval-Token header.",
+        json_schema_extra={"x-ms-summary": "Approval token", "x-ms-visibility": "advanced"},
+    )
     comment: str | None = Field(default=None, max_length=2000, json_schema_extra={"x-ms-summary": "Comment"})
     approver: str | None = Field(default=None, max_length=256, json_schema_extra={"x-ms-summary": "Approver"})
 

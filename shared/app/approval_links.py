@@ -1,4 +1,6 @@
-"""Signed, expiring, single-use approve / reject links for approval notifications (Power Automate, Logic Apps).
+"""Signed, expiring, single-use approve / reject tokens for approval notifications (Power Automate, Logic Apps).
+
+A flow decides by posting one of the two tokens to ``CALLBACK_PATH`` in the ``X-Approval-Token`` header.
 
 A token is ``<payload>.<signature>``, both unpadded base64url:
 
@@ -25,11 +27,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
-from urllib.parse import quote
 
 from shared.core.errors import ConfigurationError, Issue, RequestError, UnauthenticatedError
 
 Decision = Literal["approve", "reject"]
+
+# One fixed path, so that App Service Authentication can exclude it exactly (its excludedPaths take exact paths or
+# a trailing /*); the token travels in this header (or the JSON body), never in a URL that request logs keep.
+CALLBACK_PATH = "/api/v1/callbacks/approval"
+TOKEN_HEADER = "X-Approval-Token"  # noqa: S105 - a header name, not a secret
 
 MIN_KEY_BYTES = 32
 MAX_TOKEN_CHARS = 1024
@@ -178,13 +184,9 @@ class ApprovalLinkSigner:
             raise UnauthenticatedError("link expired", issues=[Issue("token", "expired", "the link has expired")])
         return claims
 
-    def callback_urls(self, base_url: str, change_id: str, expires_at: datetime) -> dict[str, str]:
-        """``{"approve": url, "reject": url}``, each with its own nonce; ``base_url`` is the app's origin."""
-        root = base_url.rstrip("/")
-        path = f"{root}/api/v1/changes/{quote(change_id, safe='')}/approval/callback"
-        return {
-            decision: f"{path}?token={self.sign(change_id, decision, expires_at)}" for decision in ("approve", "reject")
-        }
+    def callback_tokens(self, change_id: str, expires_at: datetime) -> dict[str, str]:
+        """``{"approve": token, "reject": token}``, each with its own nonce, for ``POST CALLBACK_PATH``."""
+        return {decision: self.sign(change_id, decision, expires_at) for decision in _DECISIONS}
 
     @staticmethod
     def _mac(key: bytes, raw: bytes) -> bytes:

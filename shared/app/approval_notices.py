@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.app.approval_links import ApprovalLinkSigner
+from shared.app.approval_links import CALLBACK_PATH, ApprovalLinkSigner
 from shared.app.journal import ChangeJournal, Step
 from shared.app.notifications import build_notification
 from shared.core.links import change_links
@@ -27,11 +27,11 @@ class ApprovalNotices:
             return {"changeId": change_id, "status": record.status.value, "notified": False}
         if record.approval is None or record.approval.expires_at is None:
             raise ValueError("an approval notification needs the approval deadline (approval.expiresAt)")
-        links = self.signer.callback_urls(self.base_url, change_id, record.approval.expires_at)
         payload = build_notification(
             record,
             kind="approval-reminder" if kind == "approval-reminder" else "approval-requested",
-            links=links,
+            callback_url=self.base_url + CALLBACK_PATH,
+            tokens=self.signer.callback_tokens(change_id, record.approval.expires_at),
             status_url=change_links(self.base_url, change_id)["self"],
             review_url=f"{self.base_url}/review",
         )

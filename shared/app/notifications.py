@@ -1,7 +1,7 @@
 """Approval notifications: the payload sent to the approval webhook (a Power Automate or Logic Apps flow).
 
-The payload names the change, the element paths and the policy's reasons, and carries the signed approve / reject
-callback links; it never carries a value from the resource or the diff.
+The payload names the change, the element paths and the policy's reasons, and carries the callback URL with the
+signed approve and reject tokens; it never carries a value from the resource or the diff.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ def build_notification(
     record: ChangeRecord,
     *,
     kind: NotificationKind,
-    links: Mapping[str, str],
+    callback_url: str,
+    tokens: Mapping[str, str],
     status_url: str,
     review_url: str,
 ) -> dict[str, Any]:
-    """The webhook body for a change awaiting approval: ids, paths, rules and links; no resource or diff values.
+    """The webhook body for a change awaiting approval: ids, paths, rules, links, and the approve and reject tokens
+    as separate fields (a flow posts one to ``callbackUrl`` in a header); no resource or diff values.
 
-    Raises ValueError when the record has no plan, no approval deadline, or ``links`` lacks approve / reject.
+    Raises ValueError when the record has no plan, no approval deadline, or ``tokens`` lacks approve / reject.
     """
     plan = record.plan
     if plan is None:
@@ -32,8 +34,8 @@ def build_notification(
     if record.approval is None or record.approval.expires_at is None:
         raise ValueError("an approval notification needs the approval deadline (approval.expiresAt)")
     expires_at = record.approval.expires_at.isoformat()
-    if not isinstance(links.get("approve"), str) or not isinstance(links.get("reject"), str):
-        raise ValueError("an approval notification needs both the approve and the reject link")
+    if not isinstance(tokens.get("approve"), str) or not isinstance(tokens.get("reject"), str):
+        raise ValueError("an approval notification needs both the approve and the reject token")
 
     reasons = [
         {"path": item["path"], "rule": item["rule"]}
@@ -55,8 +57,9 @@ def build_notification(
         "reasons": reasons,
         "policyVersion": policy_version if isinstance(policy_version, str) else None,
         "expiresAt": expires_at,
-        "approveUrl": links["approve"],
-        "rejectUrl": links["reject"],
+        "callbackUrl": callback_url,
+        "approveToken": tokens["approve"],
+        "rejectToken": tokens["reject"],
         "statusUrl": status_url,
         "reviewUrl": review_url,
     }

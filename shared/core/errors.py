@@ -111,6 +111,15 @@ class ForbiddenError(RequestError):
 
 
 @dataclass(eq=False)
+class GoneError(RequestError):
+    """An endpoint that moved for good; the detail says where."""
+
+    status: ClassVar[int] = 410
+    code: ClassVar[str] = "gone"
+    title: ClassVar[str] = "This endpoint has moved"
+
+
+@dataclass(eq=False)
 class UnauthenticatedError(RequestError):
     status: ClassVar[int] = 401
     code: ClassVar[str] = "unauthenticated"

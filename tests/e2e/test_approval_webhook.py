@@ -1,4 +1,4 @@
-"""Power Automate / Logic Apps approvals: the webhook notification, a reminder, and the signed callback links."""
+"""Power Automate / Logic Apps approvals: the webhook notification, a reminder, and the signed callback tokens."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def name_change(patient: dict[str, Any]) -> dict[str, Any]:
     return {"target": "local-ehr", "operation": "update", "resource": resource}
 
 
-def test_notification_reminder_and_signed_approve_link(
+def test_notification_reminder_and_signed_approve_token(
     flow_gateway: Gateway, catcher: Catcher, patient: dict[str, Any]
 ) -> None:
     change_id = flow_gateway.submit(name_change(patient)).json()["changeId"]
@@ -99,27 +99,39 @@ def test_notification_reminder_and_signed_approve_link(
     reminder = catcher.next(change_id)
     assert reminder["kind"] == "approval-reminder"
 
-    tampered = reminder["approveUrl"][:-3] + ("AAA" if not reminder["approveUrl"].endswith("AAA") else "BBB")
-    assert httpx.post(tampered, json={"approver": "x"}).status_code == 401
-    resp = httpx.post(reminder["approveUrl"], json={"approver": "dana@example.org", "comment": "ok by phone"})
+    tampered = reminder["approveToken"][:-3] + ("AAA" if not reminder["approveToken"].endswith("AAA") else "BBB")
+    assert decide(reminder, tampered, json={"approver": "x"}).status_code == 401
+    resp = decide(reminder, reminder["approveToken"], json={"approver": "dana@example.org", "comment": "ok by phone"})
     assert resp.status_code == 202, resp.text
     done = flow_gateway.wait(change_id)
     assert done["status"] == "completed"
     assert done["approval"]["decidedBy"] == "dana@example.org" and done["approval"]["via"] == "callback"
-    assert httpx.post(reminder["approveUrl"], json={}).status_code == 409  # single use
-    assert httpx.post(request["rejectUrl"], json={}).status_code == 409  # the change no longer waits
+    assert decide(reminder, reminder["approveToken"], json={}).status_code == 409  # single use
+    assert decide(request, request["rejectToken"], json={}).status_code == 409  # the change no longer waits
     events = [e["event"] for e in flow_gateway.lineage(change_id)]
     assert events.count("approvers-notified") == 2 and "approved" in events
 
 
-def test_a_link_for_another_change_is_refused(flow_gateway: Gateway, catcher: Catcher, patient: dict[str, Any]) -> None:
-    first = flow_gateway.submit(name_change(patient)).json()["changeId"]
-    links = catcher.next(first)
-    other = flow_gateway.submit(name_change(patient)).json()["changeId"]
-    catcher.next(other)
-    token = links["rejectUrl"].split("token=", 1)[1]
-    resp = httpx.post(f"{flow_gateway.api}/changes/{other}/approval/callback", params={"token": token})
-    assert resp.status_code == 401
-    assert httpx.post(f"{flow_gateway.api}/changes/{other}/approval/callback").status_code == 400
-    assert httpx.post(links["rejectUrl"]).status_code == 200
-    assert flow_gateway.wait(first)["status"] == "rejected"
+def decide(notification: dict[str, Any], token: str, **kw: Any) -> httpx.Response:
+    """What a flow does: post the token it was given to the notification's callback URL, in the header."""
+    return httpx.post(notification["callbackUrl"], headers={"X-Approval-Token": token}, **kw)
+
+
+def test_a_token_in_the_url_is_not_taken_and_the_old_path_is_gone(
+    flow_gateway: Gateway, catcher: Catcher, patient: dict[str, Any]
+) -> None:
+    change_id = flow_gateway.submit(name_change(patient)).json()["changeId"]
+    note = catcher.next(change_id)
+    assert note["callbackUrl"] == f"{flow_gateway.api}/callbacks/approval"
+    assert "approveUrl" not in note and "rejectUrl" not in note
+
+    in_url = httpx.post(note["callbackUrl"], params={"token": note["rejectToken"]})
+    assert in_url.status_code == 400 and in_url.headers["content-type"] == "application/problem+json"
+    assert [i["path"] for i in in_url.json()["issues"]] == ["X-Approval-Token"]
+    old = httpx.post(f"{flow_gateway.api}/changes/{change_id}/approval/callback", params={"token": note["rejectToken"]})
+    assert old.status_code == 410 and "/api/v1/callbacks/approval" in old.json()["detail"]
+    assert flow_gateway.status(change_id).json()["status"] == "awaiting_approval", "nothing decided"
+
+    in_body = httpx.post(note["callbackUrl"], json={"token": note["rejectToken"], "comment": "not this one"})
+    assert in_body.status_code == 200, in_body.text
+    assert flow_gateway.wait(change_id)["status"] == "rejected"

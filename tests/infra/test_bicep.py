@@ -309,12 +309,15 @@ def test_easy_auth_requires_entra_id(parsed: dict[str, dict[str, Any]]) -> None:
     [auth] = [c for _, _, c in _resources(parsed, "Microsoft.Web/sites/config") if c["name"] == "authsettingsV2"]
     validation = auth["properties"]["globalValidation"]
     assert validation["requireAuthentication"] is True
-    assert validation["unauthenticatedClientAction"] == "Return401"
-    assert set(validation["excludedPaths"]) == {
-        "/api/v1/health",
-        "/api/v1/health/live",
-        "/api/v1/changes/*/approval/callback",
-    }
+    for setting in ("unauthenticatedClientAction", "excludedPaths"):
+        assert "easyAuth" in _strings(validation[setting]) and setting in _strings(validation[setting])
+    loaded = _strings(parsed["app/api.bicep"]["variables"]["easyAuth"]["value"])
+    assert loaded == ["load_json_content", "easyauth.json"], "the settings come from the file the emulation reads"
+    settings = json.loads((INFRA / "app" / "easyauth.json").read_text())
+    assert settings["unauthenticatedClientAction"] == "Return401"
+    assert settings["excludedPaths"] == ["/api/v1/health", "/api/v1/health/live", "/api/v1/callbacks/approval"]
+    # App Service matches excluded paths exactly, or by a trailing /* only (no wildcard inside a path).
+    assert all("*" not in p.removesuffix("/*") for p in settings["excludedPaths"])
     aad = auth["properties"]["identityProviders"]["azureActiveDirectory"]
     assert aad["enabled"] is True
     assert aad["validation"]["allowedAudiences"] == "allowedAudiences"

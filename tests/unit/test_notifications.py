@@ -1,5 +1,5 @@
-"""Approval notifications: the payload (paths and links, never values) and the webhook client's error mapping,
-against a real loopback HTTP server."""
+"""Approval notifications: the payload (paths, the callback URL and tokens, never values) and the webhook client's
+error mapping, against a real loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 
 from shared.adapters.approval_webhook import WebhookNotifier
 from shared.app.approval_links import ApprovalLinkSigner
-from shared.app.notifications import build_notification
+from shared.app.notifications import NotificationKind, build_notification
 from shared.core.errors import ConfigurationError, PermanentError, RetryableError
 from shared.core.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
 
@@ -28,7 +28,8 @@ EXPIRES = NOW + timedelta(hours=72)
 CANARY = "CANARY-555-0199-Zebediah"
 SIG = "s3cr3tSASsignatureValue"
 CHANGE = "3f1c2b9e-5d4a-4b7e-9a61-0c2d3e4f5a6b"
-LINKS = {"approve": "https://gw/approve?token=a.b", "reject": "https://gw/reject?token=c.d"}
+TOKENS = {"approve": "a.b", "reject": "c.d"}
+CALLBACK = "https://gw/api/v1/callbacks/approval"
 
 # --- the loopback webhook ----------------------------------------------------------------------------------
 
@@ -169,6 +170,10 @@ def record(**overrides: Any) -> ChangeRecord:
     return ChangeRecord.model_validate(values)
 
 
+def notification(rec: ChangeRecord, kind: NotificationKind = "approval-requested") -> dict[str, Any]:
+    return build_notification(rec, kind=kind, callback_url=CALLBACK, tokens=TOKENS, status_url="s", review_url="r")
+
+
 # --- payload ------------------------------------------------------------------------------------------------
 
 
@@ -176,7 +181,8 @@ def test_payload_shape() -> None:
     payload = build_notification(
         record(),
         kind="approval-requested",
-        links=LINKS,
+        callback_url=CALLBACK,
+        tokens=TOKENS,
         status_url=f"https://gw/api/v1/changes/{CHANGE}",
         review_url=f"https://gw/review/{CHANGE}",
     )
@@ -193,8 +199,9 @@ def test_payload_shape() -> None:
         "reasons": [{"path": "Patient.name", "rule": "approve"}, {"path": "Patient.telecom", "rule": "allow"}],
         "policyVersion": "sha256:1234",
         "expiresAt": EXPIRES.isoformat(),
-        "approveUrl": LINKS["approve"],
-        "rejectUrl": LINKS["reject"],
+        "callbackUrl": CALLBACK,
+        "approveToken": TOKENS["approve"],
+        "rejectToken": TOKENS["reject"],
         "statusUrl": f"https://gw/api/v1/changes/{CHANGE}",
         "reviewUrl": f"https://gw/review/{CHANGE}",
     }
@@ -204,7 +211,9 @@ def test_payload_shape() -> None:
 def test_payload_carries_no_values() -> None:
     rec = record()
     assert CANARY in rec.model_dump_json()  # the canary is really there to leak
-    payload = build_notification(rec, kind="approval-reminder", links=LINKS, status_url="s", review_url="r")
+    payload = build_notification(
+        rec, kind="approval-reminder", callback_url=CALLBACK, tokens=TOKENS, status_url="s", review_url="r"
+    )
     text = json.dumps(payload)
     assert CANARY not in text
     assert "555-0100" not in text
@@ -212,25 +221,25 @@ def test_payload_carries_no_values() -> None:
 
 
 def test_payload_for_a_create_has_no_resource_ref() -> None:
-    payload = build_notification(
-        record(operation=Operation.CREATE, resource_id=None), kind="approval-requested", links=LINKS,
-        status_url="s", review_url="r",
-    )  # fmt: skip
+    payload = notification(record(operation=Operation.CREATE, resource_id=None))
     assert payload["resourceRef"] is None and payload["operation"] == "create"
 
 
 @pytest.mark.parametrize(
-    ("overrides", "links"),
+    ("overrides", "tokens"),
     [
-        ({"plan": None}, LINKS),
-        ({"approval": None}, LINKS),
-        ({"approval": {"required": True}}, LINKS),
-        ({}, {"approve": "https://gw/a"}),
+        ({"plan": None}, TOKENS),
+        ({"approval": None}, TOKENS),
+        ({"approval": {"required": True}}, TOKENS),
+        ({}, {"approve": "a.b"}),
     ],
 )
-def test_payload_needs_plan_deadline_and_links(overrides: dict[str, Any], links: dict[str, str]) -> None:
+def test_payload_needs_plan_deadline_and_tokens(overrides: dict[str, Any], tokens: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="approval notification needs"):
-        build_notification(record(**overrides), kind="approval-requested", links=links, status_url="s", review_url="r")
+        build_notification(
+            record(**overrides), kind="approval-requested", callback_url=CALLBACK, tokens=tokens, status_url="s",
+            review_url="r",
+        )  # fmt: skip
 
 
 # --- delivery -----------------------------------------------------------------------------------------------
@@ -239,7 +248,9 @@ def test_payload_needs_plan_deadline_and_links(overrides: dict[str, Any], links:
 @pytest.mark.parametrize("status", [200, 202])
 def test_notify_posts_json(webhook: Webhook, notifier: WebhookNotifier, status: int) -> None:
     webhook.answers.append(Answer(status))
-    payload = build_notification(record(), kind="approval-requested", links=LINKS, status_url="s", review_url="r")
+    payload = build_notification(
+        record(), kind="approval-requested", callback_url=CALLBACK, tokens=TOKENS, status_url="s", review_url="r"
+    )
     notifier.notify(payload)
     (got,) = webhook.received
     assert json.loads(got.body) == payload
@@ -247,16 +258,18 @@ def test_notify_posts_json(webhook: Webhook, notifier: WebhookNotifier, status: 
     assert parse_qs(urlsplit(got.path).query)["sig"] == [SIG]
 
 
-def test_notification_links_work_end_to_end(webhook: Webhook, notifier: WebhookNotifier) -> None:
+def test_notification_tokens_work_end_to_end(webhook: Webhook, notifier: WebhookNotifier) -> None:
     signer = ApprovalLinkSigner({"k1": bytes(range(32))}, clock=lambda: NOW)
-    links = signer.callback_urls("https://gw.example.org", CHANGE, EXPIRES)
+    tokens = signer.callback_tokens(CHANGE, EXPIRES)
     notifier.notify(
-        build_notification(record(), kind="approval-requested", links=links, status_url="s", review_url="r")
+        build_notification(
+            record(), kind="approval-requested", callback_url=CALLBACK, tokens=tokens, status_url="s", review_url="r"
+        )
     )
     body = json.loads(webhook.received[0].body)
-    for field_name, decision in (("approveUrl", "approve"), ("rejectUrl", "reject")):
-        (token,) = parse_qs(urlsplit(body[field_name]).query)["token"]
-        assert signer.verify(token, change_id=CHANGE).decision == decision
+    assert body["callbackUrl"] == CALLBACK and "?" not in body["callbackUrl"], "no token in a URL"
+    for field_name, decision in (("approveToken", "approve"), ("rejectToken", "reject")):
+        assert signer.verify(body[field_name], change_id=CHANGE).decision == decision
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,11 @@ def test_security_and_visibility() -> None:
     doc = openapi_document()
     oauth = doc["securityDefinitions"]["oauth2"]
     assert oauth["flow"] == "accessCode" and oauth["tokenUrl"].endswith("/oauth2/v2.0/token")
-    assert doc["paths"]["/changes/{changeId}/approval/callback"]["post"]["x-ms-visibility"] == "internal"
+    callback = doc["paths"]["/callbacks/approval"]["post"]
+    assert callback["x-ms-visibility"] == "internal" and callback["security"] == []
+    assert [p["name"] for p in callback["parameters"] if p["in"] != "body"] == ["X-Approval-Token"], "not in the URL"
+    moved = doc["paths"]["/changes/{changeId}/approval/callback"]["post"]
+    assert moved["deprecated"] is True and list(moved["responses"]) == ["410"]
     assert doc["paths"]["/health"]["get"]["security"] == []
 
 
