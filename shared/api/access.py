@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shared.api.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, Authenticator
+from shared.api.caller_identity import (
+    ROLE_APPROVE,
+    ROLE_AUDIT,
+    ROLE_OPERATE,
+    ROLE_SUBMIT,
+    SESSION,
+    Authenticator,
+    require_role,
+)
 from shared.app.journal import ChangeJournal
-from shared.core.errors import NotFoundError
+from shared.core.errors import ForbiddenError, NotFoundError
 from shared.core.models import ChangeRecord, Principal
 from shared.core.policy import Policy
 
@@ -26,6 +34,18 @@ class Access:
 
     def caller(self, headers: Mapping[str, str]) -> Principal:
         return self._authenticator.authenticate(headers)
+
+    def submitter(self, headers: Mapping[str, str]) -> Principal:
+        """The caller, allowed to submit: ``Writeback.Submit``, and for a person's browser session also an app
+        registration the policy maps as a source (a session is for reviewing; apps submit)."""
+        principal = self.caller(headers)
+        require_role(principal, ROLE_SUBMIT)
+        if principal.auth_type == SESSION and self._policy.source_for_app(principal.app_id) is None:
+            raise ForbiddenError(
+                "A person signed in to the site cannot submit changes: submit through an app (an access token), "
+                "or map this app registration as a source in the policy"
+            )
+        return principal
 
     def scope(self, principal: Principal) -> frozenset[str] | None:
         """The targets a reviewer may see (None: all); empty for a principal without a reviewing role."""

@@ -22,6 +22,15 @@ Claim mapping (both modes): the app id (the source system the policy maps) is ``
 user, i.e. it carries delegated scopes (``scp``) or ``idtyp`` is ``user``. App-only tokens also carry an ``oid``
 (the service principal's), which is deliberately not taken as a user.
 
+A person signed in to the site (a browser session) is different: App Service builds their principal from the **ID
+token**, which has no ``azp``, ``appid``, ``scp`` or ``idtyp`` (Microsoft identity platform, "ID token claims
+reference"). Its ``aud`` is the client id of the app registration the session belongs to, and ``oid`` is the
+person. So a principal with no app id but an ``aud`` and an ``oid`` is that person: ``user_id`` = ``oid``,
+``app_id`` = ``aud``, ``auth_type`` = ``session``. Reviewers are then distinct people (separation of duties, the
+lineage and the Provenance name the person), and an app-only token, which always carries an app id, is never taken
+for a person. A session may review, approve and audit within its roles; submitting needs the policy to map its
+app registration as a source (``Access.submitter``).
+
 Every refusal raises ``UnauthenticatedError`` (401) or, from ``require_role``, ``ForbiddenError`` (403) with a
 ``detail`` naming the reason category, and writes exactly one record on the ``writeback.audit`` logger. Neither
 the detail nor the record ever contains the header or the token.
@@ -52,6 +61,7 @@ ROLE_OPERATE = "Writeback.Operate"
 ROLE_AUDIT = "Writeback.Audit"
 
 AUDIT_LOGGER = "writeback.audit"
+SESSION = "session"  # Principal.auth_type of a person signed in to the site (a principal built from an ID token)
 
 EASYAUTH_PRINCIPAL_HEADER = "X-MS-CLIENT-PRINCIPAL"
 EASYAUTH_PRINCIPAL_ID_HEADER = "X-MS-CLIENT-PRINCIPAL-ID"
@@ -174,21 +184,26 @@ def _principal_from_claims(header_value: str | None, principal_id: str | None, p
     document = _decode_client_principal(header_value)
     pairs = _claim_pairs(document)
 
-    app_id = _first(pairs, _APP_ID_CLAIMS)
-    if app_id is None:
-        raise _RefusedError(Reason.NO_APP_ID, "the client principal has no 'azp' or 'appid' claim")
-
     role_typ = document.get("role_typ")
     role_types = {*_ROLE_CLAIMS, *([role_typ] if isinstance(role_typ, str) and role_typ else [])}
     roles = _unique(val for typ, val in pairs if typ in role_types)
+    name_typ = document.get("name_typ")
+    name_types = ["name", *([name_typ] if isinstance(name_typ, str) and name_typ else []), "preferred_username"]
+
+    app_id = _first(pairs, _APP_ID_CLAIMS)
+    if app_id is None:
+        session_app, person = _first(pairs, ("aud",)), _first(pairs, _OBJECT_ID_CLAIMS)
+        if session_app is None or person is None:
+            raise _RefusedError(
+                Reason.NO_APP_ID,
+                "the client principal has no 'azp' or 'appid' claim, nor the 'aud' and 'oid' of a signed-in person",
+            )
+        display_name = _first(pairs, name_types) or principal_name
+        return Principal(app_id=session_app, user_id=person, display_name=display_name, roles=roles, auth_type=SESSION)
 
     is_user = _first(pairs, _SCOPE_CLAIMS) is not None or _first(pairs, ("idtyp",)) == "user"
     user_id = (_first(pairs, _OBJECT_ID_CLAIMS) or principal_id) if is_user else None
-
-    name_typ = document.get("name_typ")
-    name_types = ["name", *([name_typ] if isinstance(name_typ, str) and name_typ else [])]
     display_name = _first(pairs, name_types) or (principal_name if is_user else None)
-
     return Principal(app_id=app_id, user_id=user_id, display_name=display_name, roles=roles, auth_type="easyauth")
 
 

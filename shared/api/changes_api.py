@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from shared.api.access import READ_ROLES, Access
-from shared.api.caller_identity import ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT, require_role
+from shared.api.caller_identity import ROLE_AUDIT, ROLE_OPERATE, require_role
 from shared.api.responses import ApiResponse, answer, change_answer, header, page_size, still_running
 from shared.api.status_view import accepted_body, lineage_body, status_body
 from shared.app.intake import IntakeService
@@ -31,8 +31,7 @@ class ChangesApi:
 
     def submit(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:
         def action() -> ApiResponse:
-            principal = self._access.caller(headers)
-            require_role(principal, ROLE_SUBMIT)
+            principal = self._access.submitter(headers)
             with change_span("writeback.intake", None, traceparent=header(headers, "traceparent")) as span:
                 result = self._intake.submit(
                     principal, header(headers, "Idempotency-Key"), body, traceparent=current_traceparent()
