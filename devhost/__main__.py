@@ -15,9 +15,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from devhost.groups import ALL_GROUPS, GROUPS_SETTING, INSTANCES_SETTING, parse_groups, plan_instances
+from devhost.groups import ALL_GROUPS, GROUPS_SETTING, INSTANCES_SETTING, parse_groups
 from devhost.host import LocalRuntime
-from devhost.supervisor import Supervisor
+from devhost.launch import launch
 
 DEFAULT_STATE_DIR = Path(os.environ.get("WRITEBACK_DEV_STATE_DIR", ".local")) / "runtime"
 
@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    instance = f" i{args.instance_index}" if args.shared_port is not None else ""
-    logging.basicConfig(level=args.log_level, format=f"%(asctime)s{instance} %(levelname)s %(name)s: %(message)s")
+    tag = f" i{args.instance_index}" if args.shared_port is not None else ""  # which instance wrote a log line
+    logging.basicConfig(level=args.log_level, format=f"%(asctime)s{tag} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs log every HTTP request at INFO
 
     if args.local_services:
@@ -73,45 +73,40 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     app_dir, state_dir = args.app_dir.resolve(), args.state_dir.resolve()
     if args.shared_port is not None:
-        groups = parse_groups(args.groups) if args.groups else ALL_GROUPS
-        return _run_instance(
-            LocalRuntime(
-                app_dir=app_dir,
-                state_dir=state_dir,
-                port=args.port,
-                module=args.module,
-                groups=groups,
-                shared_port=args.shared_port,
-                instance_index=args.instance_index,
-            ),
-            stop,
+        instance = LocalRuntime(
+            app_dir=app_dir,
+            state_dir=state_dir,
+            port=args.port,
+            module=args.module,
+            groups=parse_groups(args.groups) if args.groups else ALL_GROUPS,
+            shared_port=args.shared_port,
+            instance_index=args.instance_index,
         )
-    plan = plan_instances(args.instances, args.instance_groups)
-    if len(plan) == 1:
-        runtime = LocalRuntime(app_dir=app_dir, state_dir=state_dir, port=args.port, module=args.module)
-        return _run_instance(runtime, stop, announce=f"(state in {args.state_dir})")
-    supervisor = Supervisor(
+        instance.start()
+        return _serve_until(instance, stop)
+    running = launch(
         app_dir=app_dir,
         state_dir=state_dir,
-        shared_port=args.port,
-        plan=plan,
+        port=args.port,
         module=args.module,
+        instances=args.instances,
+        groups=args.instance_groups,
         log_level=args.log_level,
     )
-    supervisor.start()
-    print(
-        f"local runtime ready on {supervisor.base_url}: {len(plan)} instances (state in {args.state_dir})", flush=True
-    )
+    if isinstance(running, LocalRuntime):
+        return _serve_until(running, stop, f"local runtime ready on {running.base_url} (state in {args.state_dir})")
+    count = len(running.instances)
+    print(f"local runtime ready on {running.base_url}: {count} instances (state in {args.state_dir})", flush=True)
     try:
-        return 0 if supervisor.wait(stop) else 1
+        return 0 if running.wait(stop) else 1
     finally:
-        supervisor.stop()
+        running.stop()
 
 
-def _run_instance(runtime: LocalRuntime, stop: threading.Event, announce: str | None = None) -> int:
-    runtime.start()
+def _serve_until(runtime: LocalRuntime, stop: threading.Event, announce: str | None = None) -> int:
+    """Keep a started runtime running until ``stop`` is set, then stop it."""
     if announce is not None:
-        print(f"local runtime ready on {runtime.base_url} {announce}", flush=True)
+        print(announce, flush=True)
     try:
         stop.wait()
     finally:

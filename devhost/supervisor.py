@@ -119,7 +119,6 @@ class Supervisor:
         for index, groups in enumerate(self.plan):
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 self._argv(index, groups),
-                cwd=self.app_dir,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_terminate_with_parent,  # the hook only calls prctl
             )

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -207,10 +207,12 @@ def gateway_settings(
     return env
 
 
-def spawn_gateway(state: Path, port: int, env: dict[str, str], instances: int) -> subprocess.Popen[bytes]:
+def spawn_gateway(
+    state: Path, port: int, env: dict[str, str], instances: int, extra_args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """``python -m devhost`` with ``instances`` instances on ``state``, serving ``port``; output to gateway.log."""
     argv = [sys.executable, "-m", "devhost", "--app-dir", str(REPO_ROOT), "--port", str(port)]
-    argv += ["--state-dir", str(state), "--log-level", "INFO", "--instances", str(instances)]
+    argv += ["--state-dir", str(state), "--log-level", "INFO", "--instances", str(instances), *extra_args]
     with (state / "gateway.log").open("ab") as log:
         return subprocess.Popen(
             argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

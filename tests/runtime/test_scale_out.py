@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from devhost.instances import live_instances, pid_alive
+from shared.adapters.local_queue_publisher import LocalQueuePublisher
+from shared.core.models import ChangeMessage
 from tools.services.process import REPO_ROOT, free_port
 
 APPS = Path(__file__).parent / "apps"
@@ -183,3 +185,14 @@ def test_a_killed_supervisor_takes_its_instances_with_it(two: Instances) -> None
     while any(pid_alive(pid) for pid in pids):
         assert time.monotonic() < deadline, "an instance outlived its supervisor"
         time.sleep(0.1)
+
+
+def test_the_app_publisher_reaches_the_one_queue_through_any_instance(two: Instances) -> None:
+    """``WRITEBACK_LOCAL_RUNTIME_URL`` may name the shared URL or any instance's own: every one serves the queue."""
+    urls = [two.base, *(i["url"] for i in two.live())]
+    for n, url in enumerate(urls):
+        with LocalQueuePublisher(url, "scale-out-check") as publisher:
+            publisher.publish(ChangeMessage(change_id=f"change-{n}", target="local-ehr"))
+    for url in urls:
+        counts = httpx.get(f"{url}/runtime/servicebus/scale-out-check", timeout=10).json()
+        assert counts["active"] == len(urls)
