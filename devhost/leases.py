@@ -6,8 +6,10 @@ item in one SQLite transaction, renews what it holds while it works, and gives i
 killed with ``kill -9`` renews nothing: its leases expire and another process takes the work over, with no restart.
 That is how the real host shares work: the Durable Functions Azure Storage provider distributes instances with
 blob leases and hands activity messages out from a queue with a visibility timeout
-(learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider); a timer trigger holds
-a blob lease (learn.microsoft.com/azure/azure-functions/functions-bindings-timer#scale-out).
+(learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider; 5 minutes by default,
+learn.microsoft.com/dotnet/api/microsoft.azure.webjobs.extensions.durabletask.azurestorageoptions
+.workitemqueuevisibilitytimeout); a timer trigger holds a blob lease
+(learn.microsoft.com/azure/azure-functions/functions-bindings-timer#scale-out).
 
 ``WRITEBACK_DEV_LEASE_SECONDS`` (default 10) is how long a lease lasts without renewal, so also how long work held by
 a killed instance waits before another instance takes it over; holders renew every third of it.
