@@ -43,9 +43,14 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
 
 
+def listed_instances(state_dir: Path) -> list[dict[str, Any]]:
+    """Every entry of ``state_dir``'s instances.json, those of processes that have died since included."""
+    return [e for e in _read(state_dir / INSTANCES_FILE) if isinstance(e.get("pid"), int)]
+
+
 def live_instances(state_dir: Path) -> list[dict[str, Any]]:
     """The instances listed in ``state_dir``'s instances.json whose process is alive, in start order."""
-    return [e for e in _read(state_dir / INSTANCES_FILE) if isinstance(e.get("pid"), int) and pid_alive(e["pid"])]
+    return [e for e in listed_instances(state_dir) if pid_alive(e["pid"])]
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devhost.groups import format_groups
-from devhost.instances import live_instances, unregister_instance
+from devhost.instances import listed_instances, unregister_instance
 
 log = logging.getLogger("devhost.supervisor")
 
@@ -124,22 +124,20 @@ class Supervisor:
             )
             self.instances.append(Instance(index, groups, proc))
         deadline = time.monotonic() + timeout
+        ready: set[int] = set()  # instances seen listed: one that dies after that is a kill, not a failed start
         try:
-            while not self._all_listed():
-                dead = [i for i in self.instances if i.proc.poll() is not None]
-                if dead:
-                    raise RuntimeError(f"{dead[0].label} exited with {dead[0].proc.returncode} while starting")
+            while len(ready) < len(self.instances):
+                ready |= {e["pid"] for e in listed_instances(self.state_dir)} & {i.proc.pid for i in self.instances}
+                failed = [i for i in self.instances if i.proc.pid not in ready and i.proc.poll() is not None]
+                if failed:
+                    raise RuntimeError(f"{failed[0].label} exited with {failed[0].proc.returncode} while starting")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the instances were not ready within {timeout:.0f} s")
-                time.sleep(0.1)
+                time.sleep(0.05)
         except BaseException:
             self.stop()
             raise
         log.info("%d instances on %s (state in %s)", len(self.instances), self.base_url, self.state_dir)
-
-    def _all_listed(self) -> bool:
-        listed = {e["pid"] for e in live_instances(self.state_dir)}
-        return all(i.proc.pid in listed for i in self.instances)
 
     def alive(self) -> list[Instance]:
         """The instances still running; reports (once) each one that has exited, and drops its entry."""
