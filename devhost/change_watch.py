@@ -1,11 +1,12 @@
 """Notice commits made to a SQLite file by other processes, so a loop waiting for work wakes up.
 
 A ``threading.Condition`` wakes threads of its own process only. Work another runtime instance enqueues (an event
-raised through its HTTP API, an activity result it posts) is seen by polling, as the real host polls its queues
-(the Durable Functions Azure Storage provider polls its control and work-item queues, backing off up to
-``maxQueuePollingInterval``: learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider
-#queue-polling). The poll is ``PRAGMA data_version``, which changes when another connection has committed to the
-file (sqlite.org/pragma.html#pragma_data_version): one cheap read, no scan of the tables.
+raised through its HTTP API, an activity result it posts) is seen by polling, as the real host polls its queues:
+the Durable Functions Azure Storage provider polls its control and work-item queues, backing off when they are empty
+up to ``maxQueuePollingInterval`` (learn.microsoft.com/dotnet/api/microsoft.azure.webjobs.extensions.durabletask
+.azurestorageoptions.maxqueuepollinginterval; Azure/durabletask, src/DurableTask.AzureStorage/BackoffPollingHelper.cs).
+The poll is ``PRAGMA data_version``, which changes when another connection has committed to the file
+(sqlite.org/pragma.html#pragma_data_version): one cheap read, no scan of the tables.
 """
 
 from __future__ import annotations
