@@ -46,6 +46,11 @@ test-faults: setup
 test-unit: $(STAMP_PY)
 	$(PY) -m pytest -m "not integration and not e2e and not faults" $(PYTEST_ARGS)
 
+# `make run INSTANCES=2` (or `make gateway INSTANCES=2`) runs the gateway as 2 instances on one state, as scaled out.
+ifdef INSTANCES
+export WRITEBACK_DEV_INSTANCES := $(INSTANCES)
+endif
+
 # Everything in the foreground: Azurite, the FHIR server, the token endpoint and the gateway. Ctrl-C stops all.
 run: setup
 	$(PY) -m tools.services --with-gateway
@@ -55,7 +60,7 @@ services: setup
 	$(PY) -m tools.services
 
 gateway: setup
-	$(PY) -m devhost --local-services .local/endpoints.json
+	$(PY) -m devhost --local-services "$${WRITEBACK_DEV_STATE_DIR:-.local}/endpoints.json"
 
 # The benchmarks against DESIGN.md §11 (about 2 minutes); rewrites docs/benchmarks.md and docs/benchmarks.json.
 bench: setup

@@ -17,6 +17,11 @@ SQLite file; on start, if the recorded next occurrence has passed, the function 
 ``past_due=True``. ``runOnStartup`` runs it once at start. An exception is logged and the schedule goes on (no
 retry). Each timer runs on its own thread, so an occurrence never overlaps the previous one: occurrences missed
 while a run was still going collapse into one run right after it.
+
+Several runtime instances on one state folder fire each timer once, as the host does when an app scales out: a timer
+runs only on the instance holding its lease (``devhost.timer_leases``), which renews it; the others try to take it
+every third of the lease, and take it over when a holder dies. Taking a lease starts the timer there as the host
+starts a listener: its schedule status is read again (a miss is past due) and ``runOnStartup`` runs.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from azure.functions.timer import TimerRequest
 
 from devhost.app_index import TIMER, AppIndex, FunctionInfo
 from devhost.invoke import invoke
+from devhost.leases import DEFAULT_LEASE_SECONDS, LeaseRenewer, new_owner_id
 from devhost.servicebus_trigger import parse_timespan, resolve_setting
+from devhost.timer_leases import TimerLeases
 
 logger = logging.getLogger("devhost.timers")
 
@@ -336,6 +343,7 @@ class _Timer:
     status: ScheduleStatus
     startup: str | None = None  # "past_due" or "run_on_startup": an immediate run is pending
     running: threading.Lock | None = None
+    held: bool = False  # this instance holds the timer's lease, so runs it
 
 
 class TimerPump:
@@ -354,6 +362,8 @@ class TimerPump:
         max_wait: float = 1.0,
         environ: Mapping[str, str] | None = None,
         durable_client_json: Callable[[], str] | None = None,
+        owner: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self._durable_client_json = durable_client_json
         self._functions = index.by_trigger(TIMER)
@@ -361,8 +371,12 @@ class TimerPump:
         self._clock = clock
         self._max_wait = max_wait
         self._environ = environ
+        self._owner = owner or new_owner_id()
+        self._lease_seconds = lease_seconds
         self._timers: list[_Timer] = []
         self._store: _StatusStore | None = None
+        self._leases: TimerLeases | None = None
+        self._renewer = LeaseRenewer("timer", lease_seconds, self._renew_leases)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
@@ -375,13 +389,15 @@ class TimerPump:
         if self._timers:
             raise RuntimeError("the timer pump is already started")
         timers = [self._timer(fn) for fn in self._functions]
+        if not timers:
+            return
         if any(t.use_monitor for t in timers):
             self._store = _StatusStore(self._state_db)
-        now = self._now()
-        for timer in timers:
-            self._prepare(timer, now)
+        self._leases = TimerLeases(self._state_db, self._owner, self._lease_seconds)
         self._timers = timers
         self._stop.clear()
+        for timer in timers:
+            self._take(timer)
         if background:
             for timer in timers:
                 thread = threading.Thread(
@@ -389,6 +405,7 @@ class TimerPump:
                 )
                 self._threads.append(thread)
                 thread.start()
+            self._renewer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop scheduling; waits up to ``timeout`` seconds for a running timer function to return."""
@@ -398,6 +415,11 @@ class TimerPump:
             if thread.is_alive():
                 logger.warning("timer thread %s still running after stop", thread.name)
         self._threads = []
+        self._renewer.stop()
+        if self._leases is not None:
+            self._leases.release(t.fn.name for t in self._timers if t.held)
+            self._leases.close()
+            self._leases = None
         self._timers = []
         if self._store is not None:
             self._store.close()
@@ -413,7 +435,7 @@ class TimerPump:
     def run_due(self) -> list[str]:
         """Run, in this thread, every timer that is due now (or has a startup run pending); returns their names."""
         now = self._now()
-        return [t.fn.name for t in self._timers if self._run_if_due(t, now)]
+        return [t.fn.name for t in self._timers if self._take(t) and self._run_if_due(t, now)]
 
     # --- internals ---------------------------------------------------------------------------------------
 
@@ -469,8 +491,37 @@ class TimerPump:
         elif timer.run_on_startup:
             timer.startup = "run_on_startup"
 
+    def _take(self, timer: _Timer) -> bool:
+        """Whether this instance runs ``timer`` now: it holds the timer's lease, or has just taken it (and then
+        starts the timer, as the host starts a listener when it gets the listener's lock)."""
+        if timer.held:
+            return True
+        assert self._leases is not None
+        if not self._leases.acquire(timer.fn.name, self._now().timestamp()):
+            return False
+        timer.held = True
+        now = self._now()
+        if not timer.use_monitor:  # nothing recorded: the schedule starts over from now
+            timer.status = ScheduleStatus(last=None, next=timer.schedule.next_after(now), last_updated=None)
+        self._prepare(timer, now)
+        logger.info("timer %s runs on this instance (it holds the timer's lease)", timer.fn.name)
+        return True
+
+    def _renew_leases(self) -> None:
+        if self._leases is None:
+            return
+        held = [t for t in self._timers if t.held]
+        kept = self._leases.renew((t.fn.name for t in held), self._now().timestamp())
+        for timer in held:
+            if timer.fn.name not in kept:
+                timer.held = False
+                logger.warning("timer %s: its lease lapsed and another instance took it", timer.fn.name)
+
     def _loop(self, timer: _Timer) -> None:
         while not self._stop.is_set():
+            if not self._take(timer):
+                self._stop.wait(self._renewer.interval)
+                continue
             now = self._now()
             if timer.startup is not None or now >= timer.status.next:
                 self._run_if_due(timer, now)

@@ -8,7 +8,14 @@ How an orchestration moves:
   actions it returns agree with the ones recorded before (non-determinism fails the instance), schedules the new
   ones, and commits all of it in one SQLite transaction.
 - Activities are ``work`` rows run by worker threads, at least once: a row is deleted only in the transaction that
-  records its result, so one cut off by a crash runs again after a restart.
+  records its result, so one cut off by a crash runs again.
+
+Several runtime processes can share one database, as the instances of a function app share a task hub. An episode
+runs inside one ``BEGIN IMMEDIATE`` transaction, so whichever process takes an instance's inbox rows first runs the
+episode and the others find nothing left to do. An activity is leased (``devhost.leases``): the row carries its
+holder's owner id and an expiry that the holder renews while the activity runs; a process that starts leaves the
+other processes' leases alone, and when a holder dies its leases expire and any process takes the work over. A
+process notices work another process enqueued by polling the database (``devhost.change_watch``).
 
 Task ids follow the SDK's numbering: every scheduled action except external-event waits takes the next number, in
 the order the actions appear; a with-retry task also takes a number for each retry timer (when its failure is
@@ -32,6 +39,7 @@ from azure.functions import meta
 from azure.functions.durable_functions import ActivityTriggerConverter
 
 from devhost.app_index import ACTIVITY, ORCHESTRATION, AppIndex, FunctionInfo
+from devhost.change_watch import DEFAULT_POLL_SECONDS, CommitWatcher
 from devhost.durable.history import (
     ACTIVITY_ACTIONS,
     RETRY_ACTIONS,
@@ -46,12 +54,12 @@ from devhost.durable.history import (
 from devhost.durable.replay import EpisodeResult, episode_context, replay_episode
 from devhost.durable.store import DurableStore
 from devhost.invoke import invoke
+from devhost.leases import DEFAULT_LEASE_SECONDS, LeaseRenewer, new_owner_id
 
 log = logging.getLogger("devhost.durable")
 
 RUNNING_STATES = frozenset({"Pending", "Running", "ContinuedAsNew", "Suspended"})
 TERMINAL_STATES = frozenset({"Completed", "Failed", "Terminated", "Canceled"})
-ACTIVITY_LEASE_SECONDS = 600.0
 
 
 class InstanceExistsError(Exception):
@@ -93,11 +101,18 @@ class DurableEngine:
         task_hub: str = "LocalTaskHub",
         activity_workers: int = 8,
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        poll_interval: float = DEFAULT_POLL_SECONDS,
     ) -> None:
         self.index = index
         self.task_hub = task_hub
         self.store = DurableStore(db_path)
         self.clock = clock
+        self.owner = owner or new_owner_id()
+        self.lease_seconds = lease_seconds
+        self._renewer = LeaseRenewer("activity", lease_seconds, self._renew_leases)
+        self._watcher = CommitWatcher("durable", self.store.read, self._notify, interval=poll_interval)
         self.orchestrators: dict[str, FunctionInfo] = index.durable(ORCHESTRATION)
         self.activities: dict[str, FunctionInfo] = index.durable(ACTIVITY)
         self._activity_workers = activity_workers
@@ -109,9 +124,8 @@ class DurableEngine:
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        # Leases belong to the process that took them: after a restart every unfinished activity runs again.
-        with self.store.tx() as db:
-            db.execute("UPDATE work SET leased_until = 0")
+        """Run orchestrations and activities on threads of this process until ``stop``. Without it, the engine
+        still serves client operations (an instance of the runtime that does not run the durable group)."""
         self._stopping.clear()
         self._threads = [threading.Thread(target=self._orchestration_loop, name="durable-orchestrations", daemon=True)]
         self._threads += [
@@ -120,13 +134,22 @@ class DurableEngine:
         ]
         for t in self._threads:
             t.start()
+        self._renewer.start()
+        self._watcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         self._notify()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
+        self._watcher.stop()
+        self._renewer.stop()
+        # Give back what is still held (an activity that outlived the wait): another instance runs it again now,
+        # rather than after the lease expires.
+        with self.store.tx() as db:
+            db.execute("UPDATE work SET leased_until = 0, leased_by = NULL WHERE leased_by = ?", (self.owner,))
 
     def _notify(self) -> None:
         with self._wake:
@@ -634,12 +657,32 @@ class DurableEngine:
 
     def _lease_work(self) -> Any:
         now = self.clock()
+        with self.store.read() as db:  # a plain read first: most polls find nothing, and take no write lock
+            if db.execute("SELECT 1 FROM work WHERE leased_until < ? LIMIT 1", (now,)).fetchone() is None:
+                return None
         with self.store.tx() as db:
-            return db.execute(
-                "UPDATE work SET leased_until = ? WHERE id = "
-                "(SELECT id FROM work WHERE leased_until < ? ORDER BY id LIMIT 1) RETURNING *",
-                (now + ACTIVITY_LEASE_SECONDS, now),
+            free = db.execute(
+                "SELECT id, name, instance_id, leased_by FROM work WHERE leased_until < ? ORDER BY id LIMIT 1", (now,)
             ).fetchone()
+            if free is None:
+                return None
+            if free["leased_by"] not in (None, self.owner):
+                log.warning(
+                    "activity %s of %s: the lease of %s expired; running it here",
+                    free["name"],
+                    free["instance_id"],
+                    free["leased_by"],
+                )
+            return db.execute(
+                "UPDATE work SET leased_until = ?, leased_by = ? WHERE id = ? RETURNING *",
+                (now + self.lease_seconds, self.owner, free["id"]),
+            ).fetchone()
+
+    def _renew_leases(self) -> None:
+        with self.store.tx() as db:
+            db.execute(
+                "UPDATE work SET leased_until = ? WHERE leased_by = ?", (self.clock() + self.lease_seconds, self.owner)
+            )
 
     def _run_activity(self, item: Any) -> None:
         fn = self.activities.get(item["name"])

@@ -1,8 +1,9 @@
 """SQLite persistence for the local Durable Functions engine: instances, history, inbox, work items.
 
-One database file in WAL mode. Every change an episode makes (history appended, inbox rows consumed, activities
-and timers scheduled, status updated) commits in one transaction, so a process killed at any point restarts
-from a consistent state: an episode that did not commit runs again, an activity that did not report runs again.
+One database file in WAL mode, which several runtime processes may share. Every change an episode makes (history
+appended, inbox rows consumed, activities and timers scheduled, status updated) commits in one transaction, so a
+process killed at any point leaves a consistent state: an episode that did not commit runs again, an activity that
+did not report runs again.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS work (
     input TEXT,
     retry TEXT,
     attempt INTEGER NOT NULL DEFAULT 1,
-    leased_until REAL NOT NULL DEFAULT 0
+    leased_until REAL NOT NULL DEFAULT 0,
+    leased_by TEXT
 );
 CREATE INDEX IF NOT EXISTS work_lease ON work(leased_until, id);
 """
@@ -83,6 +85,13 @@ class DurableStore:
         # NORMAL survives a killed process (the OS keeps the writes); only a power loss could lose the last commit.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(work)")}
+        if "leased_by" not in columns:  # a state folder from before leases had owners
+            try:
+                self._conn.execute("ALTER TABLE work ADD COLUMN leased_by TEXT")
+            except sqlite3.OperationalError as exc:  # another process starting on the same folder added it first
+                if "duplicate column" not in str(exc):
+                    raise
         self._lock = threading.RLock()
         self._depth = 0
 

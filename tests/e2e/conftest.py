@@ -1,14 +1,20 @@
-"""The gateway itself, run by the local runtime as a separate process against the real local services."""
+"""The gateway itself, run by the local runtime as separate processes against the real local services.
+
+A gateway here is two runtime instances on one state folder by default (``python -m devhost --instances 2``), as the
+app runs scaled out in Azure: an HTTP call, a message, an orchestrator episode and an activity of one change may each
+land on either instance. ``instances=1`` runs one process, for the tests that restart "the" process.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +23,7 @@ import httpx
 import pytest
 
 from devhost.endpoints import gateway_environment
+from devhost.instances import live_instances
 from shared.api.caller_identity import encode_easyauth_principal
 from tools.services.process import REPO_ROOT, free_port
 
@@ -32,7 +39,13 @@ class Gateway:
     log_path: Path
     fhir_base: str
     fhir_token: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes]  # the one instance, or the supervisor of several
+    state: Path
+    instances: int
+
+    def live_instances(self) -> list[dict[str, Any]]:
+        """The instances serving the gateway (``pid``, private ``url``, ``groups``), from the state's instances.json."""
+        return live_instances(self.state)
 
     @property
     def api(self) -> str:
@@ -169,11 +182,10 @@ def heart_rate(patient: dict[str, Any], value: int = 72, **extra: Any) -> dict[s
     }
 
 
-def start_gateway(
-    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, state: Path, **settings: str
-) -> Gateway:
-    """Run the gateway in the local runtime as a separate process; ``settings`` are extra app settings."""
-    port = free_port()
+def gateway_settings(
+    azurite: Any, token_endpoint: Any, fhir_server: Any, table_prefix: str, settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a gateway process: ours, the local services', its tables, then ``settings``."""
     env = {
         **os.environ,
         **gateway_environment(
@@ -184,52 +196,73 @@ def start_gateway(
                 "fhir": {"local-ehr": fhir_server.base_url},
             }
         ),
-        "WRITEBACK_TABLE_PREFIX": "e2e" + uuid.uuid4().hex[:8],
+        "WRITEBACK_TABLE_PREFIX": table_prefix,
         "WRITEBACK_SWEEP_AFTER_SECONDS": "5",
+        # Leases of an instance that dies lapse after this (default 10 s): the suites' kills are then taken over sooner.
+        "WRITEBACK_DEV_LEASE_SECONDS": "3",
         "PYTHONPATH": str(REPO_ROOT),
-        **settings,
+        **(settings or {}),
     }
     env.pop("IDENTITY_SERVER_THUMBPRINT", None)
-    log_path = state / "gateway.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devhost",
-            "--app-dir",
-            str(REPO_ROOT),
-            "--port",
-            str(port),
-            "--state-dir",
-            str(state),
-            "--log-level",
-            "INFO",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log_path.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    gw = Gateway(f"http://127.0.0.1:{port}", log_path, fhir_server.base_url, fhir_token, proc)
-    deadline = time.monotonic() + 60
+    return env
+
+
+def spawn_gateway(
+    state: Path, port: int, env: dict[str, str], instances: int, extra_args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """``python -m devhost`` with ``instances`` instances on ``state``, serving ``port``; output to gateway.log."""
+    argv = [sys.executable, "-m", "devhost", "--app-dir", str(REPO_ROOT), "--port", str(port)]
+    argv += ["--state-dir", str(state), "--log-level", "INFO", "--instances", str(instances), *extra_args]
+    with (state / "gateway.log").open("ab") as log:
+        return subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_ready(gw: Gateway, timeout: float = 90.0) -> None:
+    """Until the API answers healthy and every instance has listed itself; fails with the log's tail."""
+    deadline = time.monotonic() + timeout
     while True:
-        assert proc.poll() is None, gw.log_text()
+        assert gw.proc.poll() is None, gw.log_text()[-6000:]
         try:
-            if httpx.get(f"{gw.api}/health", timeout=2).status_code == 200:
-                return gw
+            healthy = httpx.get(f"{gw.api}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, gw.log_text()
+            healthy = False
+        if healthy and len(gw.live_instances()) == gw.instances:
+            return
+        assert time.monotonic() < deadline, gw.log_text()[-6000:]
         time.sleep(0.1)
 
 
+def start_gateway(
+    azurite: Any,
+    token_endpoint: Any,
+    fhir_server: Any,
+    fhir_token: str,
+    state: Path,
+    *,
+    instances: int = 2,
+    **settings: str,
+) -> Gateway:
+    """Run the gateway in the local runtime, ``instances`` processes on one state; ``settings`` are extra app
+    settings."""
+    port = free_port()
+    env = gateway_settings(azurite, token_endpoint, fhir_server, "e2e" + uuid.uuid4().hex[:8], settings)
+    proc = spawn_gateway(state, port, env, instances)
+    base = f"http://127.0.0.1:{port}"
+    gw = Gateway(base, state / "gateway.log", fhir_server.base_url, fhir_token, proc, state=state, instances=instances)
+    wait_ready(gw)
+    return gw
+
+
 def stop_gateway(gw: Gateway) -> None:
+    """SIGTERM (the supervisor stops its instances), then SIGKILL to the whole process group if it hangs."""
     gw.proc.terminate()
     try:
-        gw.proc.wait(15)
+        gw.proc.wait(30)
     except subprocess.TimeoutExpired:
-        gw.proc.kill()
+        os.killpg(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait()
 
 
 @pytest.fixture(scope="session")

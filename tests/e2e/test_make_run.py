@@ -13,13 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devhost.instances import live_instances, pid_alive
 from tools.services.process import REPO_ROOT, dev_ports, port_open
 
 
 @pytest.mark.e2e
-def test_run_starts_services_and_gateway_and_ctrl_c_stops_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("instances", [1, 2])
+def test_run_starts_services_and_gateway_and_ctrl_c_stops_them(instances: int, tmp_path: Path) -> None:
+    """``make run`` and ``make run INSTANCES=2`` (which sets WRITEBACK_DEV_INSTANCES)."""
     ports = dev_ports()
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "WRITEBACK_DEV_STATE_DIR": str(tmp_path)}
+    env["WRITEBACK_DEV_INSTANCES"] = str(instances)
+    env.pop("WRITEBACK_DEV_INSTANCE_GROUPS", None)
+    gateway_pids: list[int] = []
     proc = subprocess.Popen(
         [sys.executable, "-m", "tools.services", "--with-gateway"],
         cwd=REPO_ROOT,
@@ -47,11 +53,14 @@ def test_run_starts_services_and_gateway_and_ctrl_c_stops_them(tmp_path: Path) -
         assert health.status_code == 200, health.text
         assert health.json()["dependencies"]["tableStorage"] == {"state": "ok"}
         assert httpx.get(endpoints["fhir"]["local-ehr"] + "/metadata", timeout=5).status_code == 200
+        gateway_pids += [i["pid"] for i in live_instances(tmp_path / "runtime")]
+        assert len(gateway_pids) == instances
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGINT)
         proc.wait(30)
     assert proc.returncode == 0, (tmp_path / "run.log").read_text(errors="replace")
-    # Nothing it started is left listening.
+    # Nothing it started is left listening, or running.
     still_open = [name for name, port in ports.items() if port_open(port)]
     assert still_open == []
+    assert not any(pid_alive(pid) for pid in gateway_pids)

@@ -13,9 +13,6 @@ temporary directory and are printed at the end of the session.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,8 +28,17 @@ import httpx
 import pytest
 import yaml
 
-from devhost.endpoints import gateway_environment
-from tests.e2e.conftest import AUDIT, TERMINAL, Gateway, gateway, put_patient, stop_gateway
+from tests.e2e.conftest import (
+    AUDIT,
+    TERMINAL,
+    Gateway,
+    gateway,
+    gateway_settings,
+    put_patient,
+    spawn_gateway,
+    stop_gateway,
+    wait_ready,
+)
 from tools.services.process import REPO_ROOT, free_port
 
 if TYPE_CHECKING:
@@ -59,10 +65,9 @@ class Services:
 
 @dataclass
 class FaultGateway(Gateway):
-    """A gateway process plus what it takes to start another one on the same state, port and tables."""
+    """A gateway plus what it takes to start another one on the same state, port and tables."""
 
     services: Services
-    state: Path
     table_prefix: str
 
 
@@ -78,55 +83,28 @@ def launch_gateway(
     *,
     port: int | None = None,
     table_prefix: str | None = None,
+    instances: int = 2,
 ) -> FaultGateway:
-    """Like ``tests.e2e.conftest.start_gateway`` (``settings`` are extra app settings), but the port and the table
-    prefix can be given, so a gateway that died can be started again exactly where it was (same state dir, same URL,
-    same tables)."""
+    """Like ``tests.e2e.conftest.start_gateway`` (``settings`` are extra app settings, two instances by default), but
+    the port and the table prefix can be given, so a gateway that died can be started again exactly where it was
+    (same state dir, same URL, same tables)."""
     port = port or free_port()
     table_prefix = table_prefix or "flt" + uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        **gateway_environment(
-            {
-                "storageConnectionString": services.azurite.connection_string,
-                "identityEndpoint": services.token_endpoint.url,
-                "identityHeader": services.token_endpoint.identity_header,
-                "fhir": {"local-ehr": services.fhir_server.base_url},
-            }
-        ),
-        "WRITEBACK_TABLE_PREFIX": table_prefix,
-        "WRITEBACK_SWEEP_AFTER_SECONDS": "5",
-        "PYTHONPATH": str(REPO_ROOT),
-        **(settings or {}),
-    }
-    env.pop("IDENTITY_SERVER_THUMBPRINT", None)
-    log_path = state / "gateway.log"
-    argv = [sys.executable, "-m", "devhost", "--app-dir", str(REPO_ROOT), "--port", str(port)]
-    argv += ["--state-dir", str(state), "--log-level", "INFO"]
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    env = gateway_settings(services.azurite, services.token_endpoint, services.fhir_server, table_prefix, settings)
+    proc = spawn_gateway(state, port, env, instances)
     gw = FaultGateway(
         base=f"http://127.0.0.1:{port}",
-        log_path=log_path,
+        log_path=state / "gateway.log",
         fhir_base=services.fhir_server.base_url,
         fhir_token=services.fhir_token,
         proc=proc,
-        services=services,
         state=state,
+        instances=instances,
+        services=services,
         table_prefix=table_prefix,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, gw.log_text()[-4000:]
-        try:
-            if httpx.get(f"{gw.api}/health", timeout=2).status_code == 200:
-                return gw
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, gw.log_text()[-4000:]
-        time.sleep(0.1)
+    wait_ready(gw, timeout=60)
+    return gw
 
 
 @contextmanager
@@ -156,7 +134,9 @@ def restart_gateway(gw: FaultGateway, settings: Mapping[str, str] | None = None)
     """Start the gateway again on the same state dir, port and tables, with only ``settings`` as extra settings."""
     stop_gateway(gw)
     port = int(gw.base.rsplit(":", 1)[1])
-    return launch_gateway(gw.services, gw.state, settings, port=port, table_prefix=gw.table_prefix)
+    return launch_gateway(
+        gw.services, gw.state, settings, port=port, table_prefix=gw.table_prefix, instances=gw.instances
+    )
 
 
 def wait_until_dead(gw: Gateway, timeout: float = 30.0) -> int:

@@ -1,5 +1,8 @@
 """A crash at every step: the gateway kills itself (SIGKILL) at a checkpoint, is started again on the same state,
-and the client retries with the same Idempotency-Key. The change must complete exactly once."""
+and the client retries with the same Idempotency-Key. The change must complete exactly once.
+
+The gateway is one process here (``instances=1``): the checkpoint kills the process that reaches it, and these tests
+restart that process. A killed instance of two, taken over by the other, is ``tests/e2e/test_scale_out.py``."""
 
 from __future__ import annotations
 
@@ -56,7 +59,9 @@ def vital_sign(patient: dict[str, Any], canary: str) -> dict[str, Any]:
 def test_a_crash_at_each_step_then_a_restart_completes_the_change_exactly_once(
     checkpoint: str, operation: str, services: Services, tmp_path: Any, invariants: Invariants
 ) -> None:
-    gw: FaultGateway = launch_gateway(services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": checkpoint})
+    gw: FaultGateway = launch_gateway(
+        services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": checkpoint}, instances=1
+    )
     try:
         patient = new_patient(gw, invariants.canary)
         if operation == "create":
@@ -99,7 +104,9 @@ def test_a_crash_after_the_write_then_a_downstream_write_before_the_restart_stil
     """The gateway dies right after its write, and the Patient is edited at the target while it is down (another
     system's version on top of the change's). After the restart the change is done: it must complete with its one
     version, not write again."""
-    gw: FaultGateway = launch_gateway(services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": "write.after"})
+    gw: FaultGateway = launch_gateway(
+        services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": "write.after"}, instances=1
+    )
     try:
         patient = new_patient(gw, invariants.canary)
         ref = f"Patient/{patient['id']}"
@@ -129,7 +136,7 @@ def test_a_crash_after_the_record_with_no_client_retry_is_finished_by_the_sweepe
     """The process dies after storing the record and before publishing, and the client never comes back. The
     sweeper timer of the restarted gateway (its key-range read, on the real tables) publishes the change."""
     gw: FaultGateway = launch_gateway(
-        services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": "intake.after-record"}
+        services, tmp_path, {**SETTINGS, "WRITEBACK_FAULT_KILL_AT": "intake.after-record"}, instances=1
     )
     try:
         patient = new_patient(gw, invariants.canary)

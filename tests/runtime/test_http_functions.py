@@ -446,7 +446,7 @@ def test_the_listener_disables_nagle_so_kept_alive_responses_are_not_held_back()
             client.sendall(b"GET /api/items/5 HTTP/1.1\r\nHost: x\r\n\r\n")
             client.settimeout(5)
             assert client.recv(65536).startswith(b"HTTP/1.1 200")
-        assert handle._socket is not None
-        assert handle._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert handle._sockets
+        assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0 for s in handle._sockets)
     finally:
         handle.stop()

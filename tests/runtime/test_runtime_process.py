@@ -26,7 +26,13 @@ class Runtime:
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
-        env = {**os.environ, "DURABLE_SAMPLE_CALLS": str(self.calls), "PYTHONPATH": str(REPO_ROOT)}
+        env = {
+            **os.environ,
+            "DURABLE_SAMPLE_CALLS": str(self.calls),
+            "PYTHONPATH": str(REPO_ROOT),
+            # The leases of a killed runtime expire after this; the restarted one then takes its work over.
+            "WRITEBACK_DEV_LEASE_SECONDS": "2",
+        }
         log = (self.state / "runtime.log").open("ab")
         self.proc = subprocess.Popen(
             [

@@ -9,6 +9,7 @@ one-second schedule.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -328,4 +329,5 @@ def test_background_threads_run_a_one_second_schedule(full_index: AppIndex, samp
         assert time.monotonic() - started < 1
     calls = sample.CALLS["every_second_flaky"]
     assert all(c["past_due"] is False and c["schedule_status"] == {} for c in calls)  # sub-minute: no monitor
-    assert not (tmp_path / "timers.db").exists()
+    with sqlite3.connect(tmp_path / "timers.db") as db:  # the file holds the timer's lease, and no status
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'timer_status'").fetchone() is None

@@ -1,5 +1,6 @@
 """`make services` / `make run`: start Azurite, the local token endpoint and the local FHIR server in the foreground;
-with ``--with-gateway`` (``make run``) also the gateway itself in the local runtime.
+with ``--with-gateway`` (``make run``) also the gateway itself in the local runtime, on ``WRITEBACK_DEV_INSTANCES``
+instances (``make run INSTANCES=2``). Variables already set in the environment win over the services' values.
 
 Ports come from WRITEBACK_DEV_FHIR_PORT (8103), WRITEBACK_DEV_TOKEN_PORT (8104) and WRITEBACK_DEV_AZURITE_PORT
 (10000; queue and table on the next two). Azurite keeps its data under .local/azurite; the FHIR server keeps its
@@ -21,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from devhost.endpoints import gateway_environment
-from devhost.host import LocalRuntime
+from devhost.endpoints import apply_gateway_environment
+from devhost.launch import launch
+from devhost.supervisor import Supervisor
 from tools.services.azurite import start_azurite
 from tools.services.fhir_server import start_fhir_server
 from tools.services.process import REPO_ROOT
@@ -84,13 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.with_gateway:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             logging.getLogger("azure").setLevel(logging.WARNING)
-            os.environ.update(gateway_environment(endpoints))
-            runtime = LocalRuntime(
-                app_dir=REPO_ROOT, state_dir=LOCAL_DIR / "runtime", port=_port("WRITEBACK_DEV_PORT", 7071)
-            )
-            runtime.start()
+            apply_gateway_environment(endpoints)  # what the user has set wins
+            runtime = launch(app_dir=REPO_ROOT, state_dir=LOCAL_DIR / "runtime", port=_port("WRITEBACK_DEV_PORT", 7071))
             stopping.append(runtime.stop)
-            print(f"Gateway API        {endpoints['api']}  (health: {endpoints['api']}/health)")
+            instances = f", {len(runtime.instances)} instances" if isinstance(runtime, Supervisor) else ""
+            print(f"Gateway API        {endpoints['api']}  (health: {endpoints['api']}/health{instances})")
         print(f"Azurite (tables)   {azurite.table_url}")
         print(f"Azurite (blobs)    {azurite.blob_url}")
         print(f"Token endpoint     {token.url}")

@@ -1,0 +1,72 @@
+"""Notice commits made to a SQLite file by other processes, so a loop waiting for work wakes up.
+
+A ``threading.Condition`` wakes threads of its own process only. Work another runtime instance enqueues (an event
+raised through its HTTP API, an activity result it posts) is seen by polling, as the real host polls its queues:
+the Durable Functions Azure Storage provider polls its control and work-item queues, backing off when they are empty
+up to ``maxQueuePollingInterval`` (learn.microsoft.com/dotnet/api/microsoft.azure.webjobs.extensions.durabletask
+.azurestorageoptions.maxqueuepollinginterval; Azure/durabletask, src/DurableTask.AzureStorage/BackoffPollingHelper.cs).
+The poll is ``PRAGMA data_version``, which changes when another connection has committed to the file
+(sqlite.org/pragma.html#pragma_data_version): one cheap read, no scan of the tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+logger = logging.getLogger("devhost.change_watch")
+
+DEFAULT_POLL_SECONDS = 0.05
+
+
+class CommitWatcher:
+    """Calls ``on_change`` when another connection has committed to the database of ``connection``."""
+
+    def __init__(
+        self,
+        name: str,
+        connection: Callable[[], AbstractContextManager[sqlite3.Connection]],
+        on_change: Callable[[], None],
+        *,
+        interval: float = DEFAULT_POLL_SECONDS,
+    ) -> None:
+        self.name = name
+        self.interval = interval
+        self._connection = connection
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _version(self) -> int:
+        with self._connection() as db:
+            return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=f"devhost-watch-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        try:
+            seen = self._version()
+        except sqlite3.Error as exc:
+            logger.error("watching %s for commits failed (%s)", self.name, type(exc).__name__)
+            return
+        while not self._stop.wait(self.interval):
+            try:
+                version = self._version()
+            except sqlite3.Error as exc:
+                logger.warning("watching %s for commits: %s", self.name, type(exc).__name__)
+                continue
+            if version != seen:
+                seen = version
+                self._on_change()
