@@ -20,7 +20,14 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.adapters.approval_webhook import WebhookNotifier
 from shared.adapters.blob_payload_store import BlobPayloadStore
-from shared.adapters.fhir_guard import CircuitBreaker, GuardedFhirClient, LocalGuard, TargetGuard, TokenBucket
+from shared.adapters.fhir_guard import (
+    MAX_WAIT,
+    CircuitBreaker,
+    GuardedFhirClient,
+    LocalGuard,
+    TargetGuard,
+    TokenBucket,
+)
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import token_provider_for
 from shared.adapters.local_queue_publisher import LocalQueuePublisher
@@ -85,9 +92,9 @@ class GuardedFhirClients:
             client = self._clients.get(target.id)
             if client is None:
                 tokens = token_provider_for(target, managed_identity_client_id=self._managed_identity_client_id)
-                client = self._clients[target.id] = GuardedFhirClient(
-                    HttpFhirClient(target, tokens=tokens), self._guards(target)
-                )
+                guard = self._guards(target)
+                http = HttpFhirClient(target, tokens=tokens, before_send=lambda: guard.admit(MAX_WAIT))
+                client = self._clients[target.id] = GuardedFhirClient(http, guard, admit=False)
             return client
 
 

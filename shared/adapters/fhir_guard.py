@@ -24,6 +24,7 @@ from shared.core.errors import RetryableError
 from shared.core.ports import FhirClient, FhirResponse
 
 T = TypeVar("T")
+MAX_WAIT = 5.0  # seconds a call may wait for its slot before the change waits on a durable timer instead
 
 
 class CircuitOpenError(RetryableError):
@@ -139,13 +140,18 @@ class LocalGuard:
 class GuardedFhirClient:
     """A ``FhirClient`` that goes through the target's guard (rate limit and circuit breaker)."""
 
-    def __init__(self, inner: FhirClient, guard: TargetGuard, *, max_wait: float = 5.0) -> None:
+    def __init__(
+        self, inner: FhirClient, guard: TargetGuard, *, max_wait: float = MAX_WAIT, admit: bool = True
+    ) -> None:
+        """``admit=False`` when ``inner`` admits each request itself (``HttpFhirClient(before_send=...)``)."""
         self.inner = inner
         self.guard = guard
         self.max_wait = max_wait
+        self._admit = admit
 
     def _call(self, fn: Callable[[], T]) -> T:
-        self.guard.admit(self.max_wait)
+        if self._admit:
+            self.guard.admit(self.max_wait)
         try:
             result = fn()
         except RetryableError:

@@ -57,6 +57,10 @@ def main() -> None:
     parser.add_argument("--memory-changes", type=int, default=1000, help="further governed changes for memory")
     parser.add_argument("--lineage-sizes", default="10,100,1000,10000")
     parser.add_argument("--sweep-sizes", default="1000,10000", help="changes in the table for the sweeper figures")
+    parser.add_argument("--instances", type=int, default=1, help="runtime instances of the measured gateway")
+    parser.add_argument(
+        "--scale-out", type=int, default=2, help="also governed changes/s on this many instances (0: skip)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, do not write docs/benchmarks.*")
     parser.add_argument("--report", type=Path, help="do not measure: report again from a saved benchmarks.json")
     args = parser.parse_args()
@@ -71,6 +75,7 @@ def main() -> None:
         "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
         "changes": n,
         "concurrency": c,
+        "instances": args.instances,
         "intakeRequests": args.intake,
         "command": " ".join(["python -m tools.bench", *sys.argv[1:]]),
         "notes": ["gateway run with a copy of config/targets.yaml without rate_limit_per_second (50/s in the file)"],
@@ -85,15 +90,16 @@ def main() -> None:
     replay = replay_costs()
     print("validation growth...", flush=True)
     result["growth"] = {"validation": validation_growth()}
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir, local_stack(Path(tmpdir)) as stack:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmpdir, local_stack(Path(tmpdir), args.instances) as stack:
         gw, fhir, token, groups = stack["gw"], stack["fhir"], stack["token"], stack["groups"]
         print(f"services and gateway up ({time.perf_counter() - started:.0f} s); seeding...", flush=True)
         tables = table_service(stack["azurite"].connection_string)
         result["cpuTables"] = in_process(args.cpu_changes, warmup=50, tables=tables)
         direct_ids = [f"bd-{uuid.uuid4().hex[:10]}" for _ in range(n)]
         gov_ids = [f"bg-{uuid.uuid4().hex[:10]}" for _ in range(n + 10)]
+        scale_ids = [f"bs-{uuid.uuid4().hex[:10]}" for _ in range((n + 10) if args.scale_out else 0)]
         intake_ids = [f"bi-{uuid.uuid4().hex[:10]}" for _ in range(args.intake)]
-        seed(fhir.base_url, token, direct_ids + gov_ids + intake_ids, c)
+        seed(fhir.base_url, token, direct_ids + gov_ids + intake_ids + scale_ids, c)
         # warm-up: a few governed changes (imports, token cache, first orchestrations), not measured
         governed_changes(gw, stack["state"], gov_ids[n:], 2, timeout=60)
         print("direct writes...", flush=True)
@@ -108,6 +114,12 @@ def main() -> None:
         result["downstreamPerChange"] = stats["requests"] / n
         result["downstreamByMethod"] = stats.get("byMethod")
         result["history"] = history_counts(stack["state"], gov["changeIds"])
+        if args.scale_out:
+            print(f"governed changes on {args.scale_out} instances...", flush=True)
+            with stack["another_gateway"](args.scale_out) as (gw_n, state_n):
+                governed_changes(gw_n, state_n, scale_ids[n:], 2, timeout=60)
+                scaled = governed_changes(gw_n, state_n, scale_ids[:n], c, timeout=150)
+            result["scaleOut"] = {"instances": args.scale_out, "rate": scaled["rate"], "outcomes": scaled["outcomes"]}
         orchestrator_replay = orchestrator_replay_per_change(stack["state"], gov["changeIds"])
         print("intake vs no-op...", flush=True)
         hh = gw.headers("crm", SUBMIT)

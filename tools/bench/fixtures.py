@@ -148,8 +148,9 @@ def table_service(connection_string: str) -> TableServiceClient:
 
 
 @contextmanager
-def local_stack(tmp: Path) -> Iterator[dict[str, Any]]:
-    """Token endpoint, FHIR server (token checking on), Azurite in memory and the gateway; all stopped at the end.
+def local_stack(tmp: Path, instances: int = 1) -> Iterator[dict[str, Any]]:
+    """Token endpoint, FHIR server (token checking on), Azurite in memory and the gateway (``instances`` runtime
+    processes on one state); all stopped at the end.
 
     The gateway runs with a copy of ``config/targets.yaml`` without ``rate_limit_per_second``.
     """
@@ -181,11 +182,40 @@ def local_stack(tmp: Path) -> Iterator[dict[str, Any]]:
             target.pop("rate_limit_per_second", None)
         targets_file = tmp / "targets.yaml"
         targets_file.write_text(yaml.safe_dump(targets))
+        services: dict[str, Any] = {
+            "azurite": azurite,
+            "token_endpoint": token_endpoint,
+            "fhir_server": fhir,
+            "fhir_token": token,
+        }
+        settings = {"WRITEBACK_TARGETS_FILE": str(targets_file), "PYTHONUNBUFFERED": "1"}
         state = tmp / "gateway"
         state.mkdir()
-        gw = start_gateway(
-            azurite, token_endpoint, fhir, token, state, WRITEBACK_TARGETS_FILE=str(targets_file), PYTHONUNBUFFERED="1"
-        )
+        gw = start_gateway(**services, state=state, instances=instances, **settings)
         stack.callback(stop_gateway, gw)
         groups = {"runtime": gw.proc.pid, "Azurite": azurite.process.pid, "FHIR server": fhir.process.pid}
-        yield {"gw": gw, "fhir": fhir, "token": token, "state": state, "azurite": azurite, "groups": groups}
+        yield {
+            "gw": gw,
+            "fhir": fhir,
+            "token": token,
+            "state": state,
+            "azurite": azurite,
+            "groups": groups,
+            "another_gateway": lambda instances: another_gateway(tmp, services, settings, instances),
+        }
+
+
+@contextmanager
+def another_gateway(
+    tmp: Path, services: dict[str, Any], settings: dict[str, str], instances: int
+) -> Iterator[tuple[Any, Path]]:
+    """A second gateway on the same services (its own tables and state), stopped at the end; with its state."""
+    from tests.e2e.conftest import start_gateway, stop_gateway
+
+    state = tmp / f"gateway-{instances}-instances"
+    state.mkdir()
+    gw = start_gateway(**services, state=state, instances=instances, **settings)
+    try:
+        yield gw, state
+    finally:
+        stop_gateway(gw)

@@ -69,7 +69,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     lat = "{rate:.0f}/s, {p50:.1f} / {p95:.1f}".format
     out = [
         ("Direct writes/s (PUT to the FHIR server)", f"{r['direct']['rate']:.1f}", "", ""),
-        ("Governed changes/s (submit → completed)", f"{g['rate']:.1f}", "", ""),
+        (f"Governed changes/s (submit → completed), {r.get('instances', 1)} instance(s)", f"{g['rate']:.1f}", "", ""),
+        *(
+            [(f"Governed changes/s, {s['instances']} instances (same run)", f"{s['rate']:.1f}", "", "")]
+            if (s := r.get("scaleOut"))
+            else []
+        ),
         (
             "Governed / direct",
             f"{d['governedRatio']:.3f}",
