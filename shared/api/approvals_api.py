@@ -16,7 +16,7 @@ from shared.api.status_view import status_body
 from shared.app.approval_links import CALLBACK_PATH, TOKEN_HEADER
 from shared.app.approvals import ApprovalLinks, ApprovalService, Approver
 from shared.core.errors import GoneError, Issue, NotFoundError, RequestError
-from shared.core.models import ChangeRecord
+from shared.core.models import ChangeRecord, Principal
 
 WakeUp = dict[str, str] | None
 
@@ -88,12 +88,24 @@ class ApprovalsApi:
                     issues=[Issue(TOKEN_HEADER, "required", "the notification's approveToken or rejectToken")],
                 )
             claims = self._links.signer.verify(token)
-            self._links.nonces.use(claims.nonce, claims.change_id, claims.expires_at)
-            approver = Approver(extra.approver or "approval-flow", None, "callback")
-            record = self._approvals.decide(claims.change_id, claims.decision, approver, extra.comment)
+            links = self._links
+            approver = Approver.link_holder(extra.approver, self._bearer(headers))
+            record = self._approvals.decide_by_link(
+                claims,
+                approver,
+                extra.comment,
+                lambda: links.nonces.use(claims.nonce, claims.change_id, claims.expires_at),
+            )
             return _decided(record, base_url)
 
         return _answer_waking(action, CALLBACK_PATH)
+
+    def _bearer(self, headers: Mapping[str, str]) -> Principal | None:
+        """The identity of a link holder who also sent an Entra token, validated like any other (an invalid one is
+        refused, not ignored); None without one. A name in the body is only ever recorded as claimed."""
+        if not (_header(headers, "Authorization") or "").lower().startswith("bearer "):
+            return None
+        return self._access.caller(headers)
 
     def moved_callback(self, change_id: str) -> ApiResponse:
         """The callback's old path (a token in its query string): 410, saying where the callback went."""

@@ -5,7 +5,8 @@ A flow decides by posting one of the two tokens to ``CALLBACK_PATH`` in the ``X-
 A token is ``<payload>.<signature>``, both unpadded base64url:
 
 - ``payload`` is compact JSON ``{"c": change id, "d": "approve" | "reject", "e": expiry (Unix seconds),
-  "k": key id, "n": nonce}``;
+  "k": key id, "n": nonce, "r": [round sequence, retries, diff hash (16 hex)]}`` (``r``: the approval round the
+  token is for, see ``ApprovalRound``);
 - ``signature`` is HMAC-SHA256 over the decoded payload bytes with the key named by ``k``.
 
 Keys rotate: the signer holds ``{kid: key}``, signs with the current one and verifies with any it holds, so a
@@ -44,6 +45,8 @@ _NONCE = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
 _B64URL = re.compile(r"^[A-Za-z0-9_\-]+$")
 _DECISIONS: tuple[Decision, ...] = get_args(Decision)
 _PAYLOAD_KEYS = frozenset({"c", "d", "e", "k", "n"})
+_ROUND_KEY = "r"
+_DIFF_HASH = re.compile(r"^[0-9a-f]{16,64}$")
 
 
 def _utcnow() -> datetime:
@@ -51,14 +54,27 @@ def _utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
+class ApprovalRound:
+    """Which round of approval a token was issued for: the sequence of the round's ``awaiting_approval`` event, the
+    change's retry count and the hash of the diff put to the approvers. A token of another round (a change planned
+    again after a conflict, or retried) must not approve a diff nobody reviewed."""
+
+    sequence: int
+    retries: int
+    diff_hash: str
+
+
+@dataclass(frozen=True)
 class ApprovalLinkClaims:
-    """What a verified token says: the change, the decision it carries, when it expires, its single-use nonce."""
+    """What a verified token says: the change, the decision it carries, when it expires, its single-use nonce, and
+    the round it belongs to (None for a token signed before tokens carried it: no round matches it)."""
 
     change_id: str
     decision: Decision
     expires_at: datetime
     nonce: str
     kid: str
+    round: ApprovalRound | None = None
 
 
 class ApprovalNonceStore(Protocol):
@@ -141,7 +157,15 @@ class ApprovalLinkSigner:
     def current_kid(self) -> str:
         return self._current
 
-    def sign(self, change_id: str, decision: Decision, expires_at: datetime, nonce: str | None = None) -> str:
+    def sign(
+        self,
+        change_id: str,
+        decision: Decision,
+        expires_at: datetime,
+        nonce: str | None = None,
+        *,
+        round: ApprovalRound | None = None,
+    ) -> str:
         if not change_id:
             raise ValueError("change_id must not be empty")
         if decision not in _DECISIONS:
@@ -151,7 +175,15 @@ class ApprovalLinkSigner:
         nonce = secrets.token_urlsafe(16) if nonce is None else nonce
         if not _NONCE.match(nonce):
             raise ValueError("nonce must be 8-64 letters, digits, '-' or '_'")
-        payload = {"c": change_id, "d": decision, "e": int(expires_at.timestamp()), "k": self._current, "n": nonce}
+        payload: dict[str, Any] = {
+            "c": change_id,
+            "d": decision,
+            "e": int(expires_at.timestamp()),
+            "k": self._current,
+            "n": nonce,
+        }
+        if round is not None:
+            payload[_ROUND_KEY] = [round.sequence, round.retries, round.diff_hash[:16]]
         raw = json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
         token = f"{_b64encode(raw)}.{_b64encode(self._mac(self._keys[self._current], raw))}"
         if len(token) > MAX_TOKEN_CHARS:
@@ -177,6 +209,7 @@ class ApprovalLinkSigner:
             expires_at=datetime.fromtimestamp(body["e"], UTC),
             nonce=body["n"],
             kid=kid,
+            round=ApprovalRound(*body[_ROUND_KEY]) if _ROUND_KEY in body else None,
         )
         if change_id is not None and not hmac.compare_digest(claims.change_id.encode(), change_id.encode()):
             raise _unauthenticated("approval link is for another change")
@@ -184,9 +217,9 @@ class ApprovalLinkSigner:
             raise UnauthenticatedError("link expired", issues=[Issue("token", "expired", "the link has expired")])
         return claims
 
-    def callback_tokens(self, change_id: str, expires_at: datetime) -> dict[str, str]:
-        """``{"approve": token, "reject": token}``, each with its own nonce, for ``POST CALLBACK_PATH``."""
-        return {decision: self.sign(change_id, decision, expires_at) for decision in _DECISIONS}
+    def callback_tokens(self, change_id: str, expires_at: datetime, round: ApprovalRound) -> dict[str, str]:
+        """``{"approve": token, "reject": token}`` of one round, each with its own nonce, for ``POST CALLBACK_PATH``."""
+        return {decision: self.sign(change_id, decision, expires_at, round=round) for decision in _DECISIONS}
 
     @staticmethod
     def _mac(key: bytes, raw: bytes) -> bytes:
@@ -213,7 +246,9 @@ def _parse(token: str) -> tuple[bytes, bytes, dict[str, Any]]:
 
 
 def _well_formed(body: Any) -> bool:
-    if not isinstance(body, dict) or set(body) != _PAYLOAD_KEYS:
+    if not isinstance(body, dict) or set(body) - {_ROUND_KEY} != _PAYLOAD_KEYS:
+        return False
+    if _ROUND_KEY in body and not _well_formed_round(body[_ROUND_KEY]):
         return False
     c, d, e, k, n = body["c"], body["d"], body["e"], body["k"], body["n"]
     return (
@@ -226,6 +261,20 @@ def _well_formed(body: Any) -> bool:
         and bool(_KID.match(k))
         and isinstance(n, str)
         and bool(_NONCE.match(n))
+    )
+
+
+def _well_formed_round(value: Any) -> bool:
+    if not (isinstance(value, list) and len(value) == 3):
+        return False
+    sequence, retries, diff_hash = value
+    return (
+        type(sequence) is int
+        and 0 < sequence < 10**9
+        and type(retries) is int
+        and 0 <= retries < 10**6
+        and isinstance(diff_hash, str)
+        and bool(_DIFF_HASH.match(diff_hash))
     )
 
 

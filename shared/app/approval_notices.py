@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.app.approval_links import CALLBACK_PATH, ApprovalLinkSigner
+from shared.app.approvals import round_of
 from shared.app.journal import ChangeJournal, Step
 from shared.app.notifications import build_notification
 from shared.core.links import change_links
@@ -31,7 +32,7 @@ class ApprovalNotices:
             record,
             kind="approval-reminder" if kind == "approval-reminder" else "approval-requested",
             callback_url=self.base_url + CALLBACK_PATH,
-            tokens=self.signer.callback_tokens(change_id, record.approval.expires_at),
+            tokens=self.signer.callback_tokens(change_id, record.approval.expires_at, round_of(record)),
             status_url=change_links(self.base_url, change_id)["self"],
             review_url=f"{self.base_url}/review",
         )

@@ -9,16 +9,19 @@ otherwise the deadline timer finds the state and moves on). The approver must no
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from shared.app.approval_links import ApprovalRound
 from shared.app.journal import ChangeJournal, Step, utcnow
+from shared.core.canonical import canonical_hash
 from shared.core.errors import ForbiddenError, StateConflictError
 from shared.core.models import ChangeRecord, ChangeStatus, Principal
 from shared.core.ports import SweepState
-from shared.core.record_parts import ApprovalState, StoredProblem
+from shared.core.record_parts import LINK_ACTOR, ApprovalState, StoredProblem
 
 Decision = Literal["approve", "reject"]
 
@@ -42,6 +45,13 @@ class LinkClaims(Protocol):
     def expires_at(self) -> datetime: ...
     @property
     def nonce(self) -> str: ...
+    @property
+    def round(self) -> ApprovalRound | None: ...
+
+
+class StaleApprovalLinkError(StateConflictError):
+    code = "stale-approval-link"
+    title = "The link is for another round of approval"
 
 
 class LinkVerifier(Protocol):
@@ -62,19 +72,45 @@ class ApprovalLinks:
 
 @dataclass(frozen=True)
 class Approver:
-    """Who decided: a signed-in principal (``via="api"``) or the holder of a signed link (``via="callback"``)."""
+    """Who decided: a signed-in principal (``via="api"``), or the holder of a signed link (``via="callback"``): a
+    verified identity when the holder also sent a valid token, else ``LINK_ACTOR`` with the name they gave as
+    ``claimed`` (never taken as a person: not for separation of duties, not as the Provenance's verifier)."""
 
     id: str
     name: str | None
     via: Literal["api", "callback"]
+    claimed: str | None = None
 
     @classmethod
-    def of(cls, principal: Principal) -> Approver:
-        return cls(principal.actor, principal.display_name, "api")
+    def of(cls, principal: Principal, via: Literal["api", "callback"] = "api") -> Approver:
+        return cls(principal.actor, principal.display_name, via)
+
+    @classmethod
+    def link_holder(cls, claimed: str | None, principal: Principal | None) -> Approver:
+        if principal is not None:
+            return cls(principal.actor, principal.display_name, "callback", claimed)
+        return cls(LINK_ACTOR, None, "callback", claimed)
 
 
 def requester_id(record: ChangeRecord) -> str:
     return record.requested_by.actor
+
+
+def round_of(record: ChangeRecord) -> ApprovalRound:
+    """The approval round the change is in. A change that started waiting before rounds were recorded gets the
+    round its diff gives (sequence 1), the same for signing and checking."""
+    approval = record.approval or ApprovalState()
+    diff = record.plan.diff if record.plan else []
+    return ApprovalRound(approval.round or 1, record.retries, approval.diff_hash or canonical_hash(diff))
+
+
+def same_round(claimed: ApprovalRound | None, current: ApprovalRound) -> bool:
+    return (
+        claimed is not None
+        and claimed.sequence == current.sequence
+        and claimed.retries == current.retries
+        and hmac.compare_digest(claimed.diff_hash, current.diff_hash[: len(claimed.diff_hash)])
+    )
 
 
 def _comment_hash(comment: str | None) -> str | None:
@@ -101,6 +137,30 @@ class ApprovalService:
             if approval.decided_by == approver.id and approval.decision == wanted:
                 return record
             raise StateConflictError(f"The change is {record.status.value}, not awaiting approval")
+        return self._record(record, decision, approver, comment)
+
+    def decide_by_link(
+        self, claims: LinkClaims, approver: Approver, comment: str | None, use_nonce: Callable[[], None]
+    ) -> ChangeRecord:
+        """A decision through a signed link: only for the round the link was issued for. The nonce is spent only
+        once the link is known to fit the change as it stands (a refused link changes nothing)."""
+        record = self.journal.load(claims.change_id, fresh=True)
+        if record.status is not ChangeStatus.AWAITING_APPROVAL:
+            raise StateConflictError(f"The change is {record.status.value}, not awaiting approval")
+        if not same_round(claims.round, round_of(record)):
+            raise StaleApprovalLinkError(
+                "This link was issued for another round of approval of this change (before it was planned again or "
+                "retried); use the link of the latest notification"
+            )
+        use_nonce()
+        return self._record(record, claims.decision, approver, comment)
+
+    def _record(
+        self, record: ChangeRecord, decision: Decision, approver: Approver, comment: str | None
+    ) -> ChangeRecord:
+        change_id = record.change_id
+        wanted = "approved" if decision == "approve" else "rejected"
+        approval = record.approval or ApprovalState()
         if approver.id == requester_id(record):
             raise SelfApprovalError("An approver must be someone other than the requester")
         decided = approval.model_copy(
@@ -108,12 +168,15 @@ class ApprovalService:
                 "decision": wanted,
                 "decided_by": approver.id,
                 "decided_by_name": approver.name,
+                "claimed_by": approver.claimed,
                 "decided_at": self._clock(),
                 "via": approver.via,
                 "comment": comment,
             }
         )
-        details = {"approver": approver.id, "via": approver.via, "commentHash": _comment_hash(comment)}
+        details: dict[str, Any] = {"approver": approver.id, "via": approver.via, "commentHash": _comment_hash(comment)}
+        if approver.via == "callback":
+            details |= {"round": round_of(record).sequence, "nameClaimed": approver.claimed is not None}
         if decision == "approve":
             if self.sweep_state is not None:
                 # Its id is older than the outbox sweeper's key range: named, so that the sweeper notices if the

@@ -274,14 +274,17 @@ class ChangePipeline:
             now = self._clock()
             expires = now + self.approval_timeout
             remind = now + self.approval_reminder if self.approval_reminder else None
+            steps.append(Step("awaiting_approval", {"expiresAt": expires.isoformat()}))
             approval = ApprovalState(
                 required=True,
                 expires_at=expires,
                 paths=[r.path for r in decision.reasons if r.rule == "approve"],
+                round=record.sequence + len(steps),  # the awaiting_approval event's sequence
+                diff_hash=canonical_hash(plan.diff),
             )
             done = self.journal.record(
                 record,
-                [*steps, Step("awaiting_approval", {"expiresAt": expires.isoformat()})],
+                steps,
                 status=ChangeStatus.AWAITING_APPROVAL,
                 plan=plan_body,
                 approval=approval,
@@ -368,7 +371,7 @@ class ChangePipeline:
                     source=source,
                     recorded=self._clock(),
                     reason=reason,
-                    approver=record.approval.decided_by if record.approval else None,
+                    approval=record.approval,
                     patch_ops=patch_ops,
                 )
                 break

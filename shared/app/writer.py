@@ -26,6 +26,7 @@ from shared.core.fhir_headers import parse_etag
 from shared.core.models import ChangeRecord, Operation
 from shared.core.planning import Plan
 from shared.core.ports import FhirClient, FhirResponse
+from shared.core.record_parts import ApprovalState
 from shared.core.targets import TargetConfig
 
 CHANGE_TAG_SYSTEM = "urn:writeback:change"
@@ -67,6 +68,20 @@ def with_tags(resource: dict[str, Any], change_id: str, source: str) -> dict[str
 def has_change_tag(resource: dict[str, Any] | None, change_id: str) -> bool:
     tags = ((resource or {}).get("meta") or {}).get("tag") or []
     return any(t.get("system") == CHANGE_TAG_SYSTEM and t.get("code") == change_id for t in tags)
+
+
+def _approval_note(approval: ApprovalState | None) -> str | None:
+    """What the Provenance says of an approval besides its verifier: the approver's comment, and for a decision
+    made through a signed link by an unverified holder, that the name they gave is claimed, not verified."""
+    if approval is None or approval.decision != "approved":
+        return None
+    notes = []
+    if approval.verified_approver is None:
+        claimed = f"; the name they gave, not verified: {approval.claimed_by}" if approval.claimed_by else ""
+        notes.append(f"Approved through a signed approval link{claimed}")
+    if approval.comment:
+        notes.append(f"Approval comment: {approval.comment}")
+    return ". ".join(notes) or None
 
 
 def build_provenance(
@@ -127,8 +142,8 @@ def build_provenance(
         "agent": agents,
     }
     reasons = [{"text": reason}] if reason else []
-    if approver and approval_comment:
-        reasons.append({"text": f"Approval comment: {approval_comment}"})
+    if approval_comment:
+        reasons.append({"text": approval_comment})
     if reasons:
         provenance["reason"] = reasons
     return provenance
@@ -169,10 +184,11 @@ class FhirWriter:
         source: str,
         recorded: datetime,
         reason: str | None,
-        approver: str | None = None,
+        approval: ApprovalState | None = None,
         patch_ops: Sequence[dict[str, Any]] | None = None,
     ) -> WriteOutcome:
-        comment = record.approval.comment if approver and record.approval else None
+        approver = approval.verified_approver if approval else None
+        comment = _approval_note(approval)
         resource = with_tags(plan.proposed, record.change_id, source)
         if record.operation is not Operation.CREATE:
             resource["id"] = plan.resource_id

@@ -30,6 +30,9 @@ class StoredPart(BaseModel):
         return cls.model_validate(data)
 
 
+LINK_ACTOR = "approval-link"  # the actor of a decision made through a signed link by an unverified holder
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -70,17 +73,28 @@ class ChangePlan(StoredPart):
 
 
 class ApprovalState(StoredPart):
-    """The approval a change needs (``required``, ``paths``, ``expiresAt``) and, once made, the decision."""
+    """The approval a change needs (``required``, ``paths``, ``expiresAt``; ``round``, the sequence of the round's
+    ``awaiting_approval`` event, and ``diffHash``, the hash of the diff put to the approvers) and, once made, the
+    decision. ``decidedBy`` is a verified identity, or ``approval-link`` when a signed link's holder decided without
+    one; ``claimedBy`` is then the name the holder gave, recorded as claimed and never presented as verified."""
 
     required: bool | None = None
     expires_at: datetime | None = None
     paths: list[str] = Field(default_factory=list)
+    round: int | None = None
+    diff_hash: str | None = None
     decision: Literal["approved", "rejected", "expired", "cancelled"] | None = None
     decided_by: str | None = None
     decided_by_name: str | None = None
+    claimed_by: str | None = None
     decided_at: datetime | None = None
     via: str | None = None
     comment: str | None = None
+
+    @property
+    def verified_approver(self) -> str | None:
+        """Who decided, when their identity was verified (not a link's holder who only gave a name)."""
+        return self.decided_by if self.decided_by != LINK_ACTOR else None
 
     @field_serializer("expires_at", "decided_at")
     def _timestamp(self, value: datetime | None) -> str | None:

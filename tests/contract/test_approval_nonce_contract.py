@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
-from shared.app.approval_links import ApprovalLinkSigner, ApprovalNonceStore
+from shared.app.approval_links import ApprovalLinkSigner, ApprovalNonceStore, ApprovalRound
 from shared.core.errors import AlreadyExistsError
 from shared.fakes.approval_nonces import FakeApprovalNonceStore
 from tests.contract.tables import FAKE_OR_AZURITE, fake_or_table
@@ -32,7 +32,10 @@ def test_a_nonce_is_used_once(store: ApprovalNonceStore) -> None:
 
 def test_approve_and_reject_tokens_have_their_own_nonces(store: ApprovalNonceStore) -> None:
     signer = ApprovalLinkSigner({"k1": bytes(range(32))}, clock=lambda: NOW)
-    claims = [signer.verify(token) for token in signer.callback_tokens("change-2", EXPIRES).values()]
+    claims = [
+        signer.verify(token)
+        for token in signer.callback_tokens("change-2", EXPIRES, ApprovalRound(5, 0, "ab" * 32)).values()
+    ]
     for c in claims:
         store.use(c.nonce, c.change_id, c.expires_at)
     for c in claims:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.app.approval_links import ApprovalLinkSigner, parse_signing_keys
+from shared.app.approval_links import ApprovalLinkSigner, ApprovalRound, parse_signing_keys
 from shared.core.errors import AlreadyExistsError, ConfigurationError, RequestError, UnauthenticatedError
 from shared.fakes.approval_nonces import FakeApprovalNonceStore
 from tests.support import ManualClock
@@ -20,6 +20,7 @@ EXPIRES = NOW + timedelta(hours=72)
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(100, 140))
 CHANGE = "3f1c2b9e-5d4a-4b7e-9a61-0c2d3e4f5a6b"
+ROUND = ApprovalRound(sequence=7, retries=0, diff_hash="0123456789abcdef")
 Clock = ManualClock[datetime]
 
 
@@ -298,11 +299,16 @@ def test_non_canonical_base64_is_400(signer: ApprovalLinkSigner) -> None:
 
 
 def test_callback_tokens_are_one_per_decision_each_with_its_own_nonce(signer: ApprovalLinkSigner) -> None:
-    tokens = signer.callback_tokens(CHANGE, EXPIRES)
+    tokens = signer.callback_tokens(CHANGE, EXPIRES, ROUND)
     assert set(tokens) == {"approve", "reject"}
     claims = {decision: signer.verify(token, change_id=CHANGE) for decision, token in tokens.items()}
     assert all(c.decision == d and c.expires_at == EXPIRES for d, c in claims.items())
     assert claims["approve"].nonce != claims["reject"].nonce
+    assert all(c.round == ROUND for c in claims.values())
+
+
+def test_a_token_without_a_round_still_verifies_but_carries_none(signer: ApprovalLinkSigner) -> None:
+    assert signer.verify(signer.sign(CHANGE, "approve", EXPIRES)).round is None
 
 
 # --- signing keys setting -------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from shared.adapters.fhir_http import error_for
-from shared.app.approvals import ApprovalService, Approver
+from shared.app.approval_links import ApprovalLinkSigner
+from shared.app.approvals import ApprovalService, Approver, round_of
 from shared.app.dispatch import should_start
 from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
@@ -288,7 +289,15 @@ def test_a_change_needing_approval_waits_with_a_deadline_and_writes_nothing(gw: 
     expires = (START + timedelta(hours=72)).isoformat()
     assert answer == {"changeId": change_id, "status": "awaiting_approval", "expiresAt": expires, "notify": False}
     record = gw.wire(change_id)
-    assert record["approval"] == {"required": True, "expiresAt": expires, "paths": ["Patient.name"]}
+    awaited = gw.last_event(change_id)
+    planned = next(e for e in gw.lineage(change_id) if e.event == "planned")
+    assert record["approval"] == {
+        "required": True,
+        "expiresAt": expires,
+        "paths": ["Patient.name"],
+        "round": awaited.sequence,  # the round: tokens are bound to it
+        "diffHash": planned.details["diffHash"],
+    }
     assert record["plan"]["decision"] == "approve" and record["plan"]["changedPaths"] == ["Patient.name"]
     assert gw.events(change_id) == [*INTAKE_EVENTS, *PLANNED_EVENTS, "awaiting_approval"]
     assert gw.last_event(change_id).details == {"expiresAt": expires}
@@ -327,6 +336,23 @@ def test_an_approved_change_is_written_with_the_approver_named_in_its_provenance
     verifiers = [a for a in provenance["agent"] if a["type"]["coding"][0]["code"] == "verifier"]
     assert [a["who"]["identifier"]["value"] for a in verifiers] == ["boss"]
     assert gw.events(change_id)[-6:] == ["approved", "writing", *WRITTEN_EVENTS]
+
+
+def test_a_link_holder_who_gave_a_name_is_not_written_as_a_verified_approver(gw: Gateway) -> None:
+    change_id, _ = awaiting(gw)
+    record = gw.journal.load(change_id, fresh=True)
+    signer = ApprovalLinkSigner({"k1": bytes(range(32))}, clock=gw.clock)
+    token = signer.callback_tokens(change_id, START + timedelta(hours=72), round_of(record))["approve"]
+    approvals = ApprovalService(gw.journal, clock=gw.clock)
+    approvals.decide_by_link(signer.verify(token), Approver.link_holder("Dana Boss", None), "ok", lambda: None)
+
+    assert gw.pipeline.write(change_id)["status"] == "completed"
+    approval = gw.wire(change_id)["approval"]
+    assert approval["decidedBy"] == "approval-link" and approval["claimedBy"] == "Dana Boss"
+    (provenance,) = gw.fhir.resources("Provenance")
+    assert not [a for a in provenance["agent"] if a["type"]["coding"][0]["code"] == "verifier"]
+    assert "the name they gave, not verified: Dana Boss" in provenance["reason"][-1]["text"]
+    assert next(e for e in gw.lineage(change_id) if e.event == "approved").actor == "approval-link"
 
 
 def test_a_denied_change_is_rejected_with_a_problem_naming_the_path(gw: Gateway) -> None:
@@ -704,7 +730,7 @@ def test_expire_ends_a_change_still_awaiting_approval_once(gw: Gateway) -> None:
     change_id, answer = awaiting(gw)
     assert gw.pipeline.expire(change_id) == {"changeId": change_id, "status": "expired"}
     record = gw.wire(change_id)
-    assert record["approval"] == {
+    assert {k: v for k, v in record["approval"].items() if k not in ("round", "diffHash")} == {
         "required": True,
         "expiresAt": answer["expiresAt"],
         "paths": ["Patient.name"],

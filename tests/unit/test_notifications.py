@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from shared.adapters.approval_webhook import WebhookNotifier
-from shared.app.approval_links import ApprovalLinkSigner
+from shared.app.approval_links import ApprovalLinkSigner, ApprovalRound
 from shared.app.notifications import NotificationKind, build_notification
 from shared.core.errors import ConfigurationError, PermanentError, RetryableError
 from shared.core.models import ChangeRecord, ChangeStatus, Operation, PayloadRef, Principal
@@ -260,7 +260,7 @@ def test_notify_posts_json(webhook: Webhook, notifier: WebhookNotifier, status: 
 
 def test_notification_tokens_work_end_to_end(webhook: Webhook, notifier: WebhookNotifier) -> None:
     signer = ApprovalLinkSigner({"k1": bytes(range(32))}, clock=lambda: NOW)
-    tokens = signer.callback_tokens(CHANGE, EXPIRES)
+    tokens = signer.callback_tokens(CHANGE, EXPIRES, ApprovalRound(9, 0, "ab" * 32))
     notifier.notify(
         build_notification(
             record(), kind="approval-requested", callback_url=CALLBACK, tokens=tokens, status_url="s", review_url="r"
