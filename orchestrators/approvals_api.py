@@ -45,7 +45,7 @@ async def decide_approval(req: func.HttpRequest, client: df.DurableOrchestration
 async def cancel_change(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     api = bootstrap.gateway().approvals_api
     response, wake = await asyncio.to_thread(
-        api.cancel, headers_of(req), req.route_params["changeId"], base_url_of(req)
+        api.cancel, headers_of(req), req.route_params["changeId"], req.get_body(), base_url_of(req)
     )
     await _wake(client, wake)
     return to_http_response(response)

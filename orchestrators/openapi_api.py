@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import azure.durable_functions as df
 import azure.functions as func
 
+from orchestrators.http_adapter import base_url_of
 from shared.api.openapi import openapi_document
 
 bp = df.Blueprint()
@@ -15,7 +16,6 @@ bp = df.Blueprint()
 
 @bp.route(route="api/v1/openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def openapi_json(req: func.HttpRequest) -> func.HttpResponse:
-    # Behind App Service the public host is in X-Forwarded-Host (as base_url_of reads it).
-    host = req.headers.get("x-forwarded-host") or urlsplit(req.url).netloc or None
+    host = urlsplit(base_url_of(req)).netloc or None
     body = json.dumps(openapi_document(host=host), ensure_ascii=False)
     return func.HttpResponse(body, status_code=200, mimetype="application/json")

@@ -13,13 +13,15 @@ bp = df.Blueprint()
 
 @bp.route(route="api/v1/changes/replay", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def replay_changes(req: func.HttpRequest) -> func.HttpResponse:
-    return to_http_response(bootstrap.gateway().operations_api.replay(headers_of(req), req.get_body()))
+    return to_http_response(
+        bootstrap.gateway().operations_api.replay(headers_of(req), req.get_body(), base_url_of(req))
+    )
 
 
 @bp.route(route="api/v1/changes/{changeId}/retry", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def retry_change(req: func.HttpRequest) -> func.HttpResponse:
     api = bootstrap.gateway().operations_api
-    return to_http_response(api.retry(headers_of(req), req.route_params["changeId"], base_url_of(req)))
+    return to_http_response(api.retry(headers_of(req), req.route_params["changeId"], req.get_body(), base_url_of(req)))
 
 
 @bp.route(route="api/v1/changes/{changeId}/resolve", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -53,12 +53,17 @@ class Settings(BaseSettings):
     approval_webhook_url: SecretStr | None = None
     approval_signing_keys: SecretStr | None = None
     public_base_url: str | None = None
+    trusted_forwarded_hosts: str | None = None  # comma-separated hosts whose X-Forwarded-Host is believed
     sweep_after_seconds: int = Field(default=60, gt=0)
     intake_stale_after_seconds: float = Field(default=30, gt=0)
     retry_deadline_minutes: float = Field(default=60, gt=0)
     stuck_after_minutes: float = Field(default=30, gt=0)
     sweep_grace_minutes: float = Field(default=15, gt=0)
     local_runtime_url: str | None = Field(default=None, validation_alias=AliasChoices("WRITEBACK_LOCAL_RUNTIME_URL"))
+
+    @property
+    def trusted_forwarded_host_set(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in (self.trusted_forwarded_hosts or "").split(",") if h.strip())
 
 
 @lru_cache(maxsize=1)

@@ -35,10 +35,18 @@ class Access:
     def caller(self, headers: Mapping[str, str]) -> Principal:
         return self._authenticator.authenticate(headers)
 
-    def submitter(self, headers: Mapping[str, str]) -> Principal:
+    def acting(self, headers: Mapping[str, str], base_url: str) -> Principal:
+        """The caller of a state-changing request. A person's browser session (a cookie) is refused (403) when the
+        request comes from another origin: a cookie rides along on cross-site requests, a token does not."""
+        principal = self.caller(headers)
+        if principal.auth_type == SESSION and _cross_origin(headers, base_url):
+            raise ForbiddenError("A signed-in session's change must come from this site, not from another origin")
+        return principal
+
+    def submitter(self, headers: Mapping[str, str], base_url: str) -> Principal:
         """The caller, allowed to submit: ``Writeback.Submit``, and for a person's browser session also an app
         registration the policy maps as a source (a session is for reviewing; apps submit)."""
-        principal = self.caller(headers)
+        principal = self.acting(headers, base_url)
         require_role(principal, ROLE_SUBMIT)
         if principal.auth_type == SESSION and self._policy.source_for_app(principal.app_id) is None:
             raise ForbiddenError(
@@ -65,3 +73,14 @@ class Access:
             return True
         scope = self.scope(principal)
         return scope is None or record.target in scope
+
+
+def _cross_origin(headers: Mapping[str, str], base_url: str) -> bool:
+    """From another origin, by the browser's own account: ``Sec-Fetch-Site`` (``same-origin`` and ``none``, a
+    typed URL, are ours), else ``Origin`` against the site's."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    site = lowered.get("sec-fetch-site", "").strip().lower()
+    if site:
+        return site not in ("same-origin", "none")
+    origin = lowered.get("origin", "").strip().lower().rstrip("/")
+    return bool(origin) and origin != base_url.strip().lower().rstrip("/")

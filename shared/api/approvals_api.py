@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 from shared.api.access import Access
 from shared.api.caller_identity import ROLE_APPROVE, ROLE_OPERATE, ROLE_SUBMIT, require_role
-from shared.api.requests import ApprovalRequest, CallbackBody, parse_body
+from shared.api.requests import ApprovalRequest, CallbackBody, parse_body, state_changing_body
 from shared.api.responses import ApiResponse, answer, change_answer
 from shared.api.status_view import status_body
 from shared.app.approval_links import CALLBACK_PATH, TOKEN_HEADER
@@ -50,20 +50,23 @@ class ApprovalsApi:
         """``POST /changes/{id}/approval``."""
 
         def action() -> tuple[ApiResponse, WakeUp]:
-            principal = self._access.caller(headers)
+            principal = self._access.acting(headers, base_url)
             require_role(principal, ROLE_APPROVE)
-            request = parse_body(ApprovalRequest, body, what="a valid approval decision")
+            request = parse_body(ApprovalRequest, state_changing_body(headers, body), what="a valid approval decision")
             self._access.record(principal, change_id)
             record = self._approvals.decide(change_id, request.decision, Approver.of(principal), request.comment)
             return _decided(record, base_url)
 
         return _answer_waking(action, f"/api/v1/changes/{change_id}/approval")
 
-    def cancel(self, headers: Mapping[str, str], change_id: str, base_url: str) -> tuple[ApiResponse, WakeUp]:
-        """``POST /changes/{id}/cancel``: the requester, or an operator."""
+    def cancel(
+        self, headers: Mapping[str, str], change_id: str, body: bytes, base_url: str
+    ) -> tuple[ApiResponse, WakeUp]:
+        """``POST /changes/{id}/cancel``: the requester, or an operator. Bodiless (a body is checked, then ignored)."""
 
         def action() -> tuple[ApiResponse, WakeUp]:
-            principal = self._access.caller(headers)
+            principal = self._access.acting(headers, base_url)
+            state_changing_body(headers, body)
             self._access.record(principal, change_id)
             as_operator = ROLE_OPERATE in principal.roles
             if not as_operator:
@@ -80,7 +83,7 @@ class ApprovalsApi:
         def action() -> tuple[ApiResponse, WakeUp]:
             if self._links is None:
                 raise NotFoundError("approval links are not configured")
-            extra = parse_body(CallbackBody, body, what="a valid approval callback")
+            extra = parse_body(CallbackBody, state_changing_body(headers, body), what="a valid approval callback")
             token = _header(headers, TOKEN_HEADER) or extra.token
             if not token:
                 raise RequestError(

@@ -11,6 +11,7 @@ from typing import Any
 
 from shared.api.access import READ_ROLES, Access
 from shared.api.caller_identity import ROLE_AUDIT, ROLE_OPERATE, require_role
+from shared.api.requests import state_changing_body
 from shared.api.responses import ApiResponse, answer, change_answer, header, page_size, still_running
 from shared.api.status_view import accepted_body, lineage_body, status_body
 from shared.app.intake import IntakeService
@@ -31,7 +32,8 @@ class ChangesApi:
 
     def submit(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:
         def action() -> ApiResponse:
-            principal = self._access.submitter(headers)
+            principal = self._access.submitter(headers, base_url)
+            state_changing_body(headers, body, limit=self._intake.max_body_bytes)
             with change_span("writeback.intake", None, traceparent=header(headers, "traceparent")) as span:
                 result = self._intake.submit(
                     principal, header(headers, "Idempotency-Key"), body, traceparent=current_traceparent()

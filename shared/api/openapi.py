@@ -400,6 +400,7 @@ _PROBLEMS = {
     404: "No such change (or not visible to the caller).",
     409: "The change is not in a state that allows this.",
     413: "The request body is too large.",
+    415: "The request has a body that is not JSON (Content-Type: application/json).",
     422: "The Idempotency-Key was used with a different request.",
 }
 
@@ -470,7 +471,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
         "asynchronous pattern)."
     )
     decision_answers = _change_answers(
-        "Rejected: the change has ended.", "Approved: the change goes on to writing.", 400, 401, 403, 404, 409
+        "Rejected: the change has ended.", "Approved: the change goes on to writing.", 400, 401, 403, 404, 409, 413, 415
     )
     return {
         "/changes": {
@@ -504,6 +505,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                         403,
                         409,
                         413,
+                        415,
                         422,
                         s400="Bad input (shape, target, FHIR validation, a missing or invalid Idempotency-Key).",
                         s409="The first request with this Idempotency-Key is still being taken in: retry.",
@@ -622,7 +624,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                 "Cancel a change",
                 f"Cancel a change awaiting approval (the requester, or role {ROLE_OPERATE}); 409 otherwise.",
                 [_change_id()],
-                _change_answers("Cancelled.", status_while_running, 401, 403, 404, 409),
+                _change_answers("Cancelled.", status_while_running, 401, 403, 404, 409, 413, 415),
             ),
         },
         "/changes/{changeId}/retry": {
@@ -636,7 +638,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     "409 otherwise, so a second retry does nothing."
                 ),
                 [_change_id()],
-                _change_answers(None, "Running again: poll Location.", 401, 403, 404, 409),
+                _change_answers(None, "Running again: poll Location.", 401, 403, 404, 409, 413, 415),
                 visibility="advanced",
             ),
         },
@@ -650,7 +652,15 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                 ),
                 [_change_id(), _body("Resolve", "Resolution", "replan or discard.")],
                 _change_answers(
-                    "Discarded: the change has ended.", "Planning again: poll Location.", 400, 401, 403, 404, 409
+                    "Discarded: the change has ended.",
+                    "Planning again: poll Location.",
+                    400,
+                    401,
+                    403,
+                    404,
+                    409,
+                    413,
+                    415,
                 ),
                 visibility="advanced",
             ),
@@ -664,7 +674,10 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     "dryRun (the default) lists what would be retried."
                 ),
                 [_body("ReplayRequest", "Filter", "Which changes to replay.", required=False)],
-                {"200": _ok("ReplayResult", "What matched, was retried and was skipped."), **_problems(400, 401, 403)},
+                {
+                    "200": _ok("ReplayResult", "What matched, was retried and was skipped."),
+                    **_problems(400, 401, 403, 413, 415),
+                },
                 visibility="advanced",
             ),
         },

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from shared.api.access import Access
 from shared.api.caller_identity import ROLE_APPROVE, ROLE_OPERATE, require_role
-from shared.api.requests import ReplayRequest, ResolveRequest, parse_body
+from shared.api.requests import ReplayRequest, ResolveRequest, parse_body, state_changing_body
 from shared.api.responses import ApiResponse, answer, still_running
 from shared.api.status_view import status_body
 from shared.app.operations import OperationsService, ReplayFilter
@@ -22,9 +22,12 @@ class OperationsApi:
         self._access = access
         self._operations = operations
 
-    def retry(self, headers: Mapping[str, str], change_id: str, base_url: str) -> ApiResponse:
+    def retry(self, headers: Mapping[str, str], change_id: str, body: bytes, base_url: str) -> ApiResponse:
+        """Bodiless (a body is checked, then ignored)."""
+
         def action() -> ApiResponse:
-            principal = self._access.caller(headers)
+            principal = self._access.acting(headers, base_url)
+            state_changing_body(headers, body)
             require_role(principal, ROLE_OPERATE)
             self._access.record(principal, change_id)
             return still_running(status_body(self._operations.retry(change_id, principal.actor), base_url))
@@ -33,10 +36,10 @@ class OperationsApi:
 
     def resolve(self, headers: Mapping[str, str], change_id: str, body: bytes, base_url: str) -> ApiResponse:
         def action() -> ApiResponse:
-            principal = self._access.caller(headers)
+            principal = self._access.acting(headers, base_url)
             require_role(principal, ROLE_APPROVE)
             self._access.record(principal, change_id)
-            request = parse_body(ResolveRequest, body, what="a valid resolution")
+            request = parse_body(ResolveRequest, state_changing_body(headers, body), what="a valid resolution")
             if request.action == "discard":
                 record = self._operations.discard(change_id, principal.actor, comment=request.comment)
                 return ApiResponse(200, status_body(record, base_url))
@@ -45,11 +48,11 @@ class OperationsApi:
 
         return answer(action, f"/api/v1/changes/{change_id}/resolve")
 
-    def replay(self, headers: Mapping[str, str], body: bytes) -> ApiResponse:
+    def replay(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:
         def action() -> ApiResponse:
-            principal = self._access.caller(headers)
+            principal = self._access.acting(headers, base_url)
             require_role(principal, ROLE_OPERATE)
-            request = parse_body(ReplayRequest, body, what="a valid replay request")
+            request = parse_body(ReplayRequest, state_changing_body(headers, body), what="a valid replay request")
             scope = self._access.scope(principal)
             if scope is not None and (request.target is None or request.target not in scope):
                 raise RequestError(

@@ -10,14 +10,45 @@ custom connector shows, so they are written for its users.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.core.errors import Issue, PayloadTooLargeError, UnsupportedMediaTypeError
 from shared.core.problems import request_error_from
 
 Body = TypeVar("Body", bound=BaseModel)
+
+# Decisions, resolutions, replays and callbacks: a comment of 2,000 characters (8 KB in UTF-8 at most) and a few
+# fields. The change request has its own limit (WRITEBACK_MAX_BODY_BYTES).
+SMALL_BODY_BYTES = 16 * 1024
+
+
+def state_changing_body(headers: Mapping[str, str], body: bytes, *, limit: int = SMALL_BODY_BYTES) -> bytes:
+    """The body of a state-changing request: 413 past ``limit``; 415 when it has content that is not JSON (a form
+    or text body is what a cross-site form can send without a CORS preflight). An empty body is fine."""
+    if len(body) > limit:
+        raise PayloadTooLargeError(
+            f"The body is larger than {limit} bytes", issues=[Issue("", "too-large", f"at most {limit} bytes")]
+        )
+    if body.strip() and not _is_json(content_type(headers)):
+        raise UnsupportedMediaTypeError(
+            "Send the body as application/json",
+            issues=[Issue("Content-Type", "unsupported", "application/json (or another +json type)")],
+        )
+    return body
+
+
+def content_type(headers: Mapping[str, str]) -> str:
+    wanted = "content-type"
+    value = next((v for k, v in headers.items() if k.lower() == wanted), "")
+    return value.split(";", 1)[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
 def parse_body(model: type[Body], body: bytes, *, what: str, empty_ok: bool = True) -> Body:

@@ -70,6 +70,13 @@ class PayloadTooLargeError(RequestError):
 
 
 @dataclass(eq=False)
+class UnsupportedMediaTypeError(RequestError):
+    status: ClassVar[int] = 415
+    code: ClassVar[str] = "unsupported-media-type"
+    title: ClassVar[str] = "The body must be JSON"
+
+
+@dataclass(eq=False)
 class NotFoundError(RequestError):
     status: ClassVar[int] = 404
     code: ClassVar[str] = "not-found"

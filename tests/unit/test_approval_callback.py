@@ -71,7 +71,9 @@ def awaiting(gw: Gateway, *, diff: list[dict[str, Any]] = DIFF, retries: int = 0
 
 def call(gw: Gateway, token: str, *, body: dict[str, Any] | None = None, **headers: str) -> Any:
     response, _ = gw.approvals_api.approval_callback(
-        {"X-Approval-Token": token, **headers}, json.dumps(body or {}).encode(), "http://gw"
+        {"X-Approval-Token": token, "Content-Type": "application/json", **headers},
+        json.dumps(body or {}).encode(),
+        "http://gw",
     )
     return response
 

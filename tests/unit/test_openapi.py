@@ -14,7 +14,7 @@ from openapi_spec_validator import OpenAPIV2SpecValidator, validate
 
 from orchestrators import openapi_api
 from shared.api.openapi import PLACEHOLDER_HOST, openapi_document
-from shared.config import Settings
+from shared.config import Settings, get_settings
 from shared.core.models import ChangeStatus
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -132,7 +132,16 @@ def test_checked_in_document_is_up_to_date() -> None:
     )
 
 
-def test_the_function_serves_the_document_with_the_forwarded_host() -> None:
+@pytest.mark.parametrize(
+    ("trusted", "host"), [(None, "127.0.0.1:7071"), ("gw.azurewebsites.net", "gw.azurewebsites.net")]
+)
+def test_the_function_believes_a_forwarded_host_only_from_a_trusted_front(
+    monkeypatch: pytest.MonkeyPatch, trusted: str | None, host: str
+) -> None:
+    if trusted:
+        monkeypatch.setenv("WRITEBACK_TRUSTED_FORWARDED_HOSTS", trusted)
+    monkeypatch.delenv("WRITEBACK_PUBLIC_BASE_URL", raising=False)
+    get_settings.cache_clear()
     function = openapi_api.openapi_json
     user = getattr(function, "get_user_function", lambda: function)()
     req = func.HttpRequest(
@@ -141,7 +150,9 @@ def test_the_function_serves_the_document_with_the_forwarded_host() -> None:
         headers={"X-Forwarded-Host": "gw.azurewebsites.net"},
         body=b"",
     )
-    resp = user(req)
+    try:
+        resp = user(req)
+    finally:
+        get_settings.cache_clear()
     assert resp.status_code == 200
-    body = json.loads(resp.get_body())
-    assert body["host"] == "gw.azurewebsites.net" and body["schemes"] == ["https"]
+    assert json.loads(resp.get_body())["host"] == host

@@ -23,7 +23,10 @@ from tests.records import a_change_record
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
-APPROVER = {"X-MS-CLIENT-PRINCIPAL": encode_easyauth_principal("portal", ["Writeback.Approve"], user_id="rev1")}
+APPROVER = {
+    "X-MS-CLIENT-PRINCIPAL": encode_easyauth_principal("portal", ["Writeback.Approve"], user_id="rev1"),
+    "Content-Type": "application/json",
+}
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def session_header(oid: str, name: str, *roles: str, aud: str = SITE_APP) -> str
 
 
 def headers(value: str) -> dict[str, str]:
-    return {"X-MS-CLIENT-PRINCIPAL": value}
+    return {"X-MS-CLIENT-PRINCIPAL": value, "Content-Type": "application/json"}
 
 
 def test_a_principal_built_from_an_id_token_is_the_person() -> None:

@@ -16,6 +16,8 @@
 
 const FAULT_ISSUE_CODES = { 429: 'throttled', 503: 'transient', 504: 'timeout' };
 
+const MAX_ARRIVALS = 10_000;
+
 export class Controls {
   constructor() {
     this.reset();
@@ -29,7 +31,7 @@ export class Controls {
   }
 
   resetStats() {
-    this.stats = { requests: 0, byMethod: {}, byStatus: {}, faultsServed: 0, faultsByKind: {} };
+    this.stats = { requests: 0, byMethod: {}, byStatus: {}, faultsServed: 0, faultsByKind: {}, arrivals: [] };
   }
 
   /** Restart the draws of the probabilistic rules from `seed`. */
@@ -135,6 +137,11 @@ export class Controls {
   countRequest(method) {
     this.stats.requests++;
     this.stats.byMethod[method] = (this.stats.byMethod[method] ?? 0) + 1;
+    // When each FHIR request arrived (ms since the epoch, sub-millisecond), the first 10,000 since a reset: rate tests
+    // measure where the requests arrive.
+    if (this.stats.arrivals.length < MAX_ARRIVALS) {
+      this.stats.arrivals.push(performance.timeOrigin + performance.now());
+    }
   }
 
   countStatus(status) {

@@ -14,7 +14,8 @@
  *                                     the request is carried out first, so the client sees a slow or failed answer
  *                                     to a write that happened.
  *   GET|DELETE /_control/faults       list / clear pending faults
- *   GET /_control/stats               {"requests", "byMethod", "byStatus", "faultsServed", "pendingFaults"}
+ *   GET /_control/stats               {"requests", "byMethod", "byStatus", "faultsServed", "pendingFaults",
+ *                                      "arrivals" (ms since the epoch of each FHIR request, the first 10,000)}
  *   POST /_control/stats/reset
  * Faults apply before the token check, as in a gateway in front of the server. Every request under {base} counts.
  */
