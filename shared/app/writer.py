@@ -24,12 +24,22 @@ from typing import Any
 from shared.core.errors import ConflictError, PermanentError
 from shared.core.fhir_headers import parse_etag
 from shared.core.models import ChangeRecord, Operation
-from shared.core.planning import Plan
+from shared.core.planning import CHANGE_TAG_SYSTEM, SOURCE_TAG_SYSTEM, Plan, governed_meta
 from shared.core.ports import FhirClient, FhirResponse
 from shared.core.targets import TargetConfig
 
-CHANGE_TAG_SYSTEM = "urn:writeback:change"
-SOURCE_TAG_SYSTEM = "urn:writeback:source"
+__all__ = [
+    "CHANGE_TAG_SYSTEM",
+    "SOURCE_TAG_SYSTEM",
+    "FhirWriter",
+    "WriteOutcome",
+    "build_provenance",
+    "change_tag",
+    "has_change_tag",
+    "verify",
+    "with_tags",
+]
+
 APP_IDENTIFIER_SYSTEM = "urn:writeback:app"
 USER_IDENTIFIER_SYSTEM = "urn:writeback:user"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -147,7 +157,12 @@ def verify(proposed: dict[str, Any], written: dict[str, Any], changed_paths: Seq
 
 
 def _element(resource: dict[str, Any], element: str) -> Any:
-    """An element's value; for a choice element ``value[x]`` every ``valueQuantity``-like key."""
+    """An element's value; for a choice element ``value[x]`` every ``valueQuantity``-like key; for ``meta.tag`` the
+    governed part of meta's ``tag`` (without the gateway's own tags)."""
+    if element.startswith("meta."):
+        name = element[len("meta.") :]
+        meta = governed_meta(resource.get("meta"))
+        return {k: v for k, v in meta.items() if k in (name, f"_{name}")}
     if not element.endswith("[x]"):
         return resource.get(element)
     prefix = element[:-3]
