@@ -2,8 +2,10 @@
 
 - Every written resource carries two ``meta.tag`` codings: the change id and the source system, so a retry can
   tell "already written" from "someone else wrote", and an inbound sync can skip the gateway's own echoes.
-- Update and patch carry ``If-Match`` with the version the plan read; create carries ``If-None-Exist`` on the change
-  tag, so a repeated create returns the first one.
+- Update and patch carry ``If-Match`` with the version the plan read, or are not sent: a target whose
+  ``capabilities.if_match`` is false, or that returned no version, gets a permanent ``if-match-unavailable`` error
+  instead of an unconditional write that could overwrite changes made since the plan. Create carries
+  ``If-None-Exist`` on the change tag, so a repeated create returns the first one.
 - Provenance: ``transaction`` sends the resource and its Provenance in one transaction Bundle (atomic; the target
   reference is unversioned because the version is assigned in the same transaction); ``after`` writes, then posts a
   Provenance naming the new version; ``none`` writes only.
@@ -19,9 +21,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from shared.core.errors import ConflictError, PermanentError
+from shared.core.errors import ConflictError, Issue, PermanentError
 from shared.core.fhir_headers import parse_etag
 from shared.core.models import ChangeRecord, Operation
 from shared.core.planning import CHANGE_TAG_SYSTEM, SOURCE_TAG_SYSTEM, Plan, governed_meta
@@ -32,6 +34,7 @@ __all__ = [
     "CHANGE_TAG_SYSTEM",
     "SOURCE_TAG_SYSTEM",
     "FhirWriter",
+    "IfMatchUnavailableError",
     "WriteOutcome",
     "build_provenance",
     "change_tag",
@@ -45,6 +48,14 @@ USER_IDENTIFIER_SYSTEM = "urn:writeback:user"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 GATEWAY_ROLE_SYSTEM = "urn:writeback:agent-role"
+
+
+@dataclass(eq=False)
+class IfMatchUnavailableError(PermanentError):
+    """An update or patch that could not carry ``If-Match``: refused rather than sent unconditionally."""
+
+    code: ClassVar[str] = "if-match-unavailable"
+    title: ClassVar[str] = "The target cannot take a version-checked write"
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,23 @@ class FhirWriter:
             record, plan, resource, recorded, reason, approver, comment, patch_ops, mode == "none"
         )
 
+    def _version_to_match(self, plan: Plan) -> str:
+        """The version an update or patch carries in ``If-Match``; refuse one that could only go unconditionally."""
+        where = f"targets.{self.target.id}.capabilities.if_match"
+        if not self.target.capabilities.if_match:
+            detail = (
+                f"target '{self.target.id}' does not support If-Match ({where} is false): an update or patch "
+                "could overwrite changes made at the target since the plan, so none is sent"
+            )
+            raise IfMatchUnavailableError(detail=detail, issues=[Issue(where, "not-supported", detail)])
+        if not plan.current_version:
+            detail = (
+                f"target '{self.target.id}' returned no version for {plan.resource_type}/{plan.resource_id}: an "
+                f"update or patch could not carry If-Match ({where}), so none is sent"
+            )
+            raise IfMatchUnavailableError(detail=detail, issues=[Issue(where, "no-version", detail)])
+        return plan.current_version
+
     # -- transaction mode -----------------------------------------------------------------------------------
 
     def _transaction(
@@ -219,8 +247,7 @@ class FhirWriter:
         else:
             full_url = f"{self.target.base_url}/{rtype}/{plan.resource_id}"
             request = {"method": "PUT", "url": f"{rtype}/{plan.resource_id}"}
-            if plan.current_version:
-                request["ifMatch"] = f'W/"{plan.current_version}"'
+            request["ifMatch"] = f'W/"{self._version_to_match(plan)}"'
             target_ref = f"{rtype}/{plan.resource_id}"
         provenance = build_provenance(
             record, target_ref=target_ref, recorded=recorded, reason=reason, approver=approver, approval_comment=comment
@@ -320,6 +347,7 @@ class FhirWriter:
         if record.operation is Operation.CREATE:
             return self._create_once(resource, record.change_id)
         assert plan.resource_id is not None
+        version = self._version_to_match(plan)
         if record.operation is Operation.PATCH and patch_ops is not None and not plan.merged:
             tags = resource["meta"]["tag"]
             meta = plan.proposed.get("meta")
@@ -327,10 +355,8 @@ class FhirWriter:
                 tag_op: dict[str, Any] = {"op": "add", "path": "/meta", "value": {"tag": tags}}
             else:
                 tag_op = {"op": "replace" if "tag" in meta else "add", "path": "/meta/tag", "value": tags}
-            return self.client.patch(
-                plan.resource_type, plan.resource_id, [*patch_ops, tag_op], if_match=plan.current_version
-            )
-        return self.client.update(resource, if_match=plan.current_version)
+            return self.client.patch(plan.resource_type, plan.resource_id, [*patch_ops, tag_op], if_match=version)
+        return self.client.update(resource, if_match=version)
 
     def _read_back(
         self, rtype: str, written: dict[str, Any] | None, location: str | None, planned_id: str | None

@@ -254,3 +254,17 @@ def test_resending_the_gateways_own_tags_changes_nothing(governed: Callable[...,
     assert again["status"] == "completed", again
     assert again["plan"]["changedPaths"] == ["Patient.telecom"]
     assert gov.versions("Patient", patient["id"])[0]["telecom"] == [{"system": "phone", "value": "3"}]
+
+
+# --- B: no update without If-Match --------------------------------------------------------------------------------
+
+
+def test_a_target_without_if_match_gets_no_unconditional_update(governed: Callable[..., Governed]) -> None:
+    for provenance in ("transaction", "after"):
+        gov = governed(shipped_policy(), provenance=provenance, capabilities={"if_match": False})
+        patient = seed_patient(gov, telecom=[{"system": "phone", "value": "1"}])
+        change = gov.run(update_of(patient, telecom=[{"system": "phone", "value": "2"}]))
+        assert change["status"] == "failed", change
+        assert change["error"]["type"] == "urn:writeback:problem:if-match-unavailable"
+        assert "capabilities.if_match" in change["error"]["detail"]
+        assert len(gov.versions("Patient", patient["id"])) == 1

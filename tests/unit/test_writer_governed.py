@@ -1,13 +1,17 @@
-"""The writer: meta's elements in the read-back check."""
+"""The writer over the fake FHIR server: only version-checked updates, and meta's elements in the read-back check."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.app.writer import verify, with_tags
+import pytest
+
+from shared.app.writer import FhirWriter, IfMatchUnavailableError, verify, with_tags
 from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, PayloadRef, Principal
+from shared.core.planning import plan_change
 from shared.core.targets import TargetConfig
+from shared.fakes.fhir import FakeFhirClient
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 RESTRICTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
@@ -33,6 +37,39 @@ def record(request: ChangeRequest) -> ChangeRecord:
         request_hash="0" * 64,
         payload=PayloadRef(kind="inline", sha256="0" * 64, size=2, inline="{}"),
     )
+
+
+@pytest.mark.parametrize("provenance", ["transaction", "after", "none"])
+@pytest.mark.parametrize("operation", ["update", "patch"])
+def test_a_target_without_if_match_is_never_written_unconditionally(provenance: str, operation: str) -> None:
+    fhir = FakeFhirClient()
+    current = fhir.update({"resourceType": "Patient", "id": "p1", "gender": "female"}).resource
+    assert current is not None
+    body: dict[str, Any] = (
+        {"resource": {**current, "gender": "other"}}
+        if operation == "update"
+        else {"resourceRef": "Patient/p1", "patch": [{"op": "replace", "path": "/gender", "value": "other"}]}
+    )
+    request = ChangeRequest.model_validate({"target": "ehr", "operation": operation, **body})
+    plan = plan_change(request, current=current, current_version=current["meta"]["versionId"])
+    writer = FhirWriter(fhir, target(provenance, if_match=False))
+    with pytest.raises(IfMatchUnavailableError) as raised:
+        writer.write(record(request), plan, source="crm", recorded=NOW, reason=None)
+    assert raised.value.code == "if-match-unavailable"
+    assert [i.path for i in raised.value.issues] == ["targets.ehr.capabilities.if_match"]
+    assert [v["gender"] for v in fhir.history("Patient", "p1")] == ["female"]
+
+
+def test_a_create_needs_no_if_match() -> None:
+    fhir = FakeFhirClient()
+    request = ChangeRequest.model_validate(
+        {"target": "ehr", "operation": "create", "resource": {"resourceType": "Patient", "gender": "other"}}
+    )
+    plan = plan_change(request, current=None, current_version=None)
+    out = FhirWriter(fhir, target("after", if_match=False)).write(
+        record(request), plan, source="crm", recorded=NOW, reason=None
+    )
+    assert out.resource_id is not None and fhir.resources("Patient")[0]["gender"] == "other"
 
 
 def test_read_back_compares_meta_elements_without_the_gateways_tags() -> None:
