@@ -6,6 +6,9 @@
   ``capabilities.if_match`` is false, or that returned no version, gets a permanent ``if-match-unavailable`` error
   instead of an unconditional write that could overwrite changes made since the plan. Create carries
   ``If-None-Exist`` on the change tag, so a repeated create returns the first one.
+- What is written is what the policy judged: the planned resource, or for a patch the planned elements (each
+  changed element set whole, ``Plan.element_patch``); never the caller's own JSON Patch, whose operations a target
+  may apply differently from the planner.
 - Provenance: ``transaction`` sends the resource and its Provenance in one transaction Bundle (atomic; the target
   reference is unversioned because the version is assigned in the same transaction); ``after`` writes, then posts a
   Provenance naming the new version; ``none`` writes only.
@@ -198,6 +201,11 @@ class FhirWriter:
         approver: str | None = None,
         patch_ops: Sequence[dict[str, Any]] | None = None,
     ) -> WriteOutcome:
+        """Write ``plan`` (what the policy judged) to the target, with its Provenance.
+
+        ``patch_ops`` (the caller's own JSON Patch) is accepted for callers written before and never sent: a patch
+        is written as ``plan.element_patch()``.
+        """
         comment = record.approval.comment if approver and record.approval else None
         resource = with_tags(plan.proposed, record.change_id, source)
         if record.operation is not Operation.CREATE:
@@ -206,9 +214,7 @@ class FhirWriter:
         capabilities = self.target.capabilities
         if mode == "transaction" and capabilities.transactions and capabilities.conditional_create:
             return self._transaction(record, plan, resource, recorded, reason, approver, comment)
-        return self._then_provenance(
-            record, plan, resource, recorded, reason, approver, comment, patch_ops, mode == "none"
-        )
+        return self._then_provenance(record, plan, resource, recorded, reason, approver, comment, mode == "none")
 
     def _version_to_match(self, plan: Plan) -> str:
         """The version an update or patch carries in ``If-Match``; refuse one that could only go unconditionally."""
@@ -301,12 +307,11 @@ class FhirWriter:
         reason: str | None,
         approver: str | None,
         comment: str | None,
-        patch_ops: Sequence[dict[str, Any]] | None,
         skip_provenance: bool,
     ) -> WriteOutcome:
         rtype = plan.resource_type
         try:
-            response = self._write_resource(record, plan, resource, patch_ops)
+            response = self._write_resource(record, plan, resource)
         except ConflictError:
             return self._already_applied(record, plan, calls=1)
         written, reads = self._read_back(rtype, response.resource, response.location, plan.resource_id)
@@ -337,25 +342,16 @@ class FhirWriter:
             downstream_calls=calls,
         )
 
-    def _write_resource(
-        self,
-        record: ChangeRecord,
-        plan: Plan,
-        resource: dict[str, Any],
-        patch_ops: Sequence[dict[str, Any]] | None,
-    ) -> FhirResponse:
+    def _write_resource(self, record: ChangeRecord, plan: Plan, resource: dict[str, Any]) -> FhirResponse:
         if record.operation is Operation.CREATE:
             return self._create_once(resource, record.change_id)
         assert plan.resource_id is not None
         version = self._version_to_match(plan)
-        if record.operation is Operation.PATCH and patch_ops is not None and not plan.merged:
-            tags = resource["meta"]["tag"]
-            meta = plan.proposed.get("meta")
-            if meta is None:
-                tag_op: dict[str, Any] = {"op": "add", "path": "/meta", "value": {"tag": tags}}
-            else:
-                tag_op = {"op": "replace" if "tag" in meta else "add", "path": "/meta/tag", "value": tags}
-            return self.client.patch(plan.resource_type, plan.resource_id, [*patch_ops, tag_op], if_match=version)
+        if record.operation is Operation.PATCH and not plan.merged:
+            # The planned elements, whole, and meta as planned with this change's tags ("add" replaces a member).
+            meta_op = {"op": "add", "path": "/meta", "value": resource["meta"]}
+            operations = [*plan.element_patch(), meta_op]
+            return self.client.patch(plan.resource_type, plan.resource_id, operations, if_match=version)
         return self.client.update(resource, if_match=version)
 
     def _read_back(

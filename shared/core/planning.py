@@ -86,6 +86,21 @@ class Plan:
         """Nothing to write: an update or patch that leaves every element as it is."""
         return self.operation is not Operation.CREATE and not self.diff
 
+    def element_patch(self) -> list[dict[str, Any]]:
+        """A JSON Patch that sets each top-level element ``diff`` changes, outside ``meta``, to its planned value.
+
+        Whole elements rather than ``diff``'s own operations: applied to the version the plan read, it gives the
+        planned elements whatever array-index semantics the target's JSON Patch has. ``meta`` is the writer's (it
+        adds the gateway's tags).
+        """
+        keys = sorted({key[0] for key in _changed_keys(self.diff) if key[0] not in _NOT_DIFFED})
+        return [
+            {"op": "add", "path": _escape(key), "value": _clone(self.proposed[key])}
+            if key in self.proposed
+            else {"op": "remove", "path": _escape(key)}
+            for key in keys
+        ]
+
 
 @dataclass(eq=False)
 class PlanConflictError(ConflictError):

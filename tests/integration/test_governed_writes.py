@@ -268,3 +268,37 @@ def test_a_target_without_if_match_gets_no_unconditional_update(governed: Callab
         assert change["error"]["type"] == "urn:writeback:problem:if-match-unavailable"
         assert "capabilities.if_match" in change["error"]["detail"]
         assert len(gov.versions("Patient", patient["id"])) == 1
+
+
+# --- C: the write carries what the policy judged --------------------------------------------------------------------
+
+
+def test_a_patch_is_written_as_planned_not_as_the_caller_wrote_it(governed: Callable[..., Governed]) -> None:
+    gov = governed(provenance="after")
+    flag = {"url": "http://example.org/flag", "valueBoolean": True}
+    part = {"url": "part", "valueString": "x"}
+    patient = seed_patient(
+        gov,
+        extension=[
+            flag,
+            {"url": "http://example.org/a", "extension": [part]},
+            {"url": "http://example.org/b", "extension": [part]},
+        ],
+    )
+    # RFC 6902: "move" removes first, so after the removal /extension/1 is the "b" extension. A JSON Patch
+    # implementation that resolves the target before removing (as the local server's does) puts it into "a".
+    ops = [{"op": "move", "from": "/extension/0", "path": "/extension/1/extension/0"}]
+    change = gov.run(
+        {"target": "local-ehr", "operation": "patch", "resourceRef": f"Patient/{patient['id']}", "patch": ops}
+    )
+    assert change["status"] == "completed", change
+    assert change["plan"]["changedPaths"] == ["Patient.extension"] and change["plan"]["decision"] == "allow"
+    written, _ = gov.versions("Patient", patient["id"])
+    assert written["extension"] == [
+        {"url": "http://example.org/a", "extension": [part]},
+        {"url": "http://example.org/b", "extension": [flag, part]},
+    ]
+    assert change["result"]["verified"] is True
+    assert (
+        written["gender"] == "female" and {"system": CHANGE_TAG, "code": change["changeId"]} in written["meta"]["tag"]
+    )

@@ -658,6 +658,31 @@ def test_without_base_version_the_plan_is_two_way() -> None:
     assert plan.changed_paths == ["Patient.gender", "Patient.telecom"]  # the caller's full resource wins
 
 
+# --- the patch a write sends -----------------------------------------------------------------------------------
+
+
+def test_element_patch_sets_each_changed_element_whole() -> None:
+    current = patient()
+    ops = [
+        {"op": "move", "from": "/telecom/0", "path": "/telecom/1"},
+        {"op": "remove", "path": "/address"},
+        {"op": "add", "path": "/meta/security", "value": [RESTRICTED]},
+    ]
+    plan = plan_change(patch(ops), current=current, current_version="3")
+    assert plan.element_patch() == [
+        {"op": "remove", "path": "/address"},
+        {"op": "add", "path": "/telecom", "value": plan.proposed["telecom"]},
+    ]
+    assert jsonpatch.apply_patch(without_meta(current), plan.element_patch()) == without_meta(plan.proposed)
+
+
+def test_element_patch_of_a_plan_without_change_is_empty() -> None:
+    plan = plan_change(
+        patch([{"op": "test", "path": "/gender", "value": "female"}]), current=patient(), current_version="3"
+    )
+    assert plan.element_patch() == []
+
+
 # --- versions ---------------------------------------------------------------------------------------------------
 
 UUID_A = "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"
