@@ -78,11 +78,6 @@ def outcome(record: ChangeRecord) -> StepResult:
 class WriteInput(NamedTuple):
     plan: Plan
     reason: str | None
-    patch_ops: list[dict[str, Any]] | None
-
-
-def _patch_ops(request: ChangeRequest) -> list[dict[str, Any]] | None:
-    return [op.to_wire() for op in request.patch] if request.patch else None
 
 
 class ChangePipeline:
@@ -184,6 +179,8 @@ class ChangePipeline:
             client = self.fhir(target)
             current, current_version, base = self._read(client, target, request)
             plan = plan_change(request, current=current, current_version=current_version, base=base)
+            if record.operation is not Operation.CREATE and not plan.is_noop:
+                FhirWriter(client, target).version_to_match(plan)  # refused now, before anyone is asked to approve
         except PlanConflictError as exc:
             return self._clash(record, steps, exc, None, enqueued=True)
         except (PatchApplyError, FhirValidationError, RequestError) as exc:
@@ -266,7 +263,7 @@ class ChangePipeline:
                 enqueued=True,
             )
             return outcome(done)
-        write_input = {"resource": plan.proposed, "reason": request.reason, "patch": _patch_ops(request)}
+        write_input = {"resource": plan.proposed, "reason": request.reason}
         plan_body.proposed = self.payloads.put(
             record.change_id, json.dumps(write_input, separators=(",", ":")).encode("utf-8"), name="proposed"
         )
@@ -330,15 +327,14 @@ class ChangePipeline:
         return self._run(change_id, self._write, {ChangeStatus.WRITING}, attempt)
 
     def _write_input(self, record: ChangeRecord) -> WriteInput:
-        """The plan to write, the caller's reason and patch: one payload read (two for a plan stored before the
-        write input carried the reason and patch, which then come from the request)."""
+        """The plan to write and the caller's reason: one payload read (two for a plan stored before the write
+        input carried the reason, which then comes from the request)."""
         stored = record.plan
         if stored is None or stored.proposed is None:
             raise PermanentError(detail="the change has no planned resource to write")
         body = json.loads(self.payloads.get(stored.proposed))
         if "resourceType" in body:
-            request = self._request(record)
-            body = {"resource": body, "reason": request.reason, "patch": _patch_ops(request)}
+            body = {"resource": body, "reason": self._request(record).reason}
         plan = Plan(
             operation=record.operation,
             resource_type=record.resource_type,
@@ -351,12 +347,12 @@ class ChangePipeline:
             merged=stored.merged,
             downstream_paths=stored.downstream_paths,
         )
-        return WriteInput(plan, body.get("reason"), body.get("patch"))
+        return WriteInput(plan, body.get("reason"))
 
     def _write(self, record: ChangeRecord) -> StepResult:
         if record.status is not ChangeStatus.WRITING:
             return outcome(record)
-        plan, reason, patch_ops = self._write_input(record)
+        plan, reason = self._write_input(record)
         target = self._target(record)
         writer = FhirWriter(self.fhir(target), target)
         source = (record.plan.source if record.plan else None) or record.requested_by.app_id
@@ -372,7 +368,6 @@ class ChangePipeline:
                     recorded=self._clock(),
                     reason=reason,
                     approval=record.approval,
-                    patch_ops=patch_ops,
                 )
                 break
             except PlanConflictError as exc:

@@ -2,8 +2,13 @@
 
 - Every written resource carries two ``meta.tag`` codings: the change id and the source system, so a retry can
   tell "already written" from "someone else wrote", and an inbound sync can skip the gateway's own echoes.
-- Update and patch carry ``If-Match`` with the version the plan read; create carries ``If-None-Exist`` on the change
-  tag, so a repeated create returns the first one.
+- Update and patch carry ``If-Match`` with the version the plan read, or are not sent: a target whose
+  ``capabilities.if_match`` is false, or that returned no version, gets a permanent ``if-match-unavailable`` error
+  instead of an unconditional write that could overwrite changes made since the plan. Create carries
+  ``If-None-Exist`` on the change tag, so a repeated create returns the first one.
+- What is written is what the policy judged: the planned resource, or for a patch the planned elements (each
+  changed element set whole, ``Plan.element_patch``); never the caller's own JSON Patch, whose operations a target
+  may apply differently from the planner.
 - Provenance: ``transaction`` sends the resource and its Provenance in one transaction Bundle (atomic; the target
   reference is unversioned because the version is assigned in the same transaction); ``after`` writes, then posts a
   Provenance naming the new version; ``none`` writes only.
@@ -19,23 +24,42 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from shared.core.errors import ConflictError, PermanentError
+from shared.core.errors import ConflictError, Issue, PermanentError
 from shared.core.fhir_headers import parse_etag
 from shared.core.models import ChangeRecord, Operation
-from shared.core.planning import Plan
+from shared.core.planning import CHANGE_TAG_SYSTEM, SOURCE_TAG_SYSTEM, Plan, governed_meta
 from shared.core.ports import FhirClient, FhirResponse
 from shared.core.record_parts import ApprovalState
 from shared.core.targets import TargetConfig
 
-CHANGE_TAG_SYSTEM = "urn:writeback:change"
-SOURCE_TAG_SYSTEM = "urn:writeback:source"
+__all__ = [
+    "CHANGE_TAG_SYSTEM",
+    "SOURCE_TAG_SYSTEM",
+    "FhirWriter",
+    "IfMatchUnavailableError",
+    "WriteOutcome",
+    "build_provenance",
+    "change_tag",
+    "has_change_tag",
+    "verify",
+    "with_tags",
+]
+
 APP_IDENTIFIER_SYSTEM = "urn:writeback:app"
 USER_IDENTIFIER_SYSTEM = "urn:writeback:user"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 GATEWAY_ROLE_SYSTEM = "urn:writeback:agent-role"
+
+
+@dataclass(eq=False)
+class IfMatchUnavailableError(PermanentError):
+    """An update or patch that could not carry ``If-Match``: refused rather than sent unconditionally."""
+
+    code: ClassVar[str] = "if-match-unavailable"
+    title: ClassVar[str] = "The target cannot take a version-checked write"
 
 
 @dataclass(frozen=True)
@@ -162,7 +186,12 @@ def verify(proposed: dict[str, Any], written: dict[str, Any], changed_paths: Seq
 
 
 def _element(resource: dict[str, Any], element: str) -> Any:
-    """An element's value; for a choice element ``value[x]`` every ``valueQuantity``-like key."""
+    """An element's value; for a choice element ``value[x]`` every ``valueQuantity``-like key; for ``meta.tag`` the
+    governed part of meta's ``tag`` (without the gateway's own tags)."""
+    if element.startswith("meta."):
+        name = element[len("meta.") :]
+        meta = governed_meta(resource.get("meta"))
+        return {k: v for k, v in meta.items() if k in (name, f"_{name}")}
     if not element.endswith("[x]"):
         return resource.get(element)
     prefix = element[:-3]
@@ -185,8 +214,9 @@ class FhirWriter:
         recorded: datetime,
         reason: str | None,
         approval: ApprovalState | None = None,
-        patch_ops: Sequence[dict[str, Any]] | None = None,
     ) -> WriteOutcome:
+        """Write ``plan`` (what the policy judged) to the target, with its Provenance; a patch is written as
+        ``plan.element_patch()``, never as the caller's own operations."""
         approver = approval.verified_approver if approval else None
         comment = _approval_note(approval)
         resource = with_tags(plan.proposed, record.change_id, source)
@@ -196,9 +226,24 @@ class FhirWriter:
         capabilities = self.target.capabilities
         if mode == "transaction" and capabilities.transactions and capabilities.conditional_create:
             return self._transaction(record, plan, resource, recorded, reason, approver, comment)
-        return self._then_provenance(
-            record, plan, resource, recorded, reason, approver, comment, patch_ops, mode == "none"
-        )
+        return self._then_provenance(record, plan, resource, recorded, reason, approver, comment, mode == "none")
+
+    def version_to_match(self, plan: Plan) -> str:
+        """The version an update or patch carries in ``If-Match``; refuse one that could only go unconditionally."""
+        where = f"targets.{self.target.id}.capabilities.if_match"
+        if not self.target.capabilities.if_match:
+            detail = (
+                f"target '{self.target.id}' does not support If-Match ({where} is false): an update or patch "
+                "could overwrite changes made at the target since the plan, so none is sent"
+            )
+            raise IfMatchUnavailableError(detail=detail, issues=[Issue(where, "not-supported", detail)])
+        if not plan.current_version:
+            detail = (
+                f"target '{self.target.id}' returned no version for {plan.resource_type}/{plan.resource_id}: an "
+                f"update or patch could not carry If-Match ({where}), so none is sent"
+            )
+            raise IfMatchUnavailableError(detail=detail, issues=[Issue(where, "no-version", detail)])
+        return plan.current_version
 
     # -- transaction mode -----------------------------------------------------------------------------------
 
@@ -220,8 +265,7 @@ class FhirWriter:
         else:
             full_url = f"{self.target.base_url}/{rtype}/{plan.resource_id}"
             request = {"method": "PUT", "url": f"{rtype}/{plan.resource_id}"}
-            if plan.current_version:
-                request["ifMatch"] = f'W/"{plan.current_version}"'
+            request["ifMatch"] = f'W/"{self.version_to_match(plan)}"'
             target_ref = f"{rtype}/{plan.resource_id}"
         provenance = build_provenance(
             record, target_ref=target_ref, recorded=recorded, reason=reason, approver=approver, approval_comment=comment
@@ -275,12 +319,11 @@ class FhirWriter:
         reason: str | None,
         approver: str | None,
         comment: str | None,
-        patch_ops: Sequence[dict[str, Any]] | None,
         skip_provenance: bool,
     ) -> WriteOutcome:
         rtype = plan.resource_type
         try:
-            response = self._write_resource(record, plan, resource, patch_ops)
+            response = self._write_resource(record, plan, resource)
         except ConflictError:
             return self._already_applied(record, plan, calls=1)
         written, reads = self._read_back(rtype, response.resource, response.location, plan.resource_id)
@@ -311,27 +354,17 @@ class FhirWriter:
             downstream_calls=calls,
         )
 
-    def _write_resource(
-        self,
-        record: ChangeRecord,
-        plan: Plan,
-        resource: dict[str, Any],
-        patch_ops: Sequence[dict[str, Any]] | None,
-    ) -> FhirResponse:
+    def _write_resource(self, record: ChangeRecord, plan: Plan, resource: dict[str, Any]) -> FhirResponse:
         if record.operation is Operation.CREATE:
             return self._create_once(resource, record.change_id)
         assert plan.resource_id is not None
-        if record.operation is Operation.PATCH and patch_ops is not None and not plan.merged:
-            tags = resource["meta"]["tag"]
-            meta = plan.proposed.get("meta")
-            if meta is None:
-                tag_op: dict[str, Any] = {"op": "add", "path": "/meta", "value": {"tag": tags}}
-            else:
-                tag_op = {"op": "replace" if "tag" in meta else "add", "path": "/meta/tag", "value": tags}
-            return self.client.patch(
-                plan.resource_type, plan.resource_id, [*patch_ops, tag_op], if_match=plan.current_version
-            )
-        return self.client.update(resource, if_match=plan.current_version)
+        version = self.version_to_match(plan)
+        if record.operation is Operation.PATCH and not plan.merged:
+            # The planned elements, whole, and meta as planned with this change's tags ("add" replaces a member).
+            meta_op = {"op": "add", "path": "/meta", "value": resource["meta"]}
+            operations = [*plan.element_patch(), meta_op]
+            return self.client.patch(plan.resource_type, plan.resource_id, operations, if_match=version)
+        return self.client.update(resource, if_match=version)
 
     def _read_back(
         self, rtype: str, written: dict[str, Any] | None, location: str | None, planned_id: str | None

@@ -2,15 +2,21 @@
 
 ``plan_change`` turns a ``ChangeRequest`` and the target's current resource into a ``Plan``: the full resource to
 write, the RFC 6902 operations from the current version to it, and the FHIR element paths they touch
-(``Patient.telecom``, ``Observation.value[x]``) — the unit the field-ownership policy decides on (DESIGN.md §6).
+(``Patient.telecom``, ``Observation.value[x]``, ``Observation.meta.security``) — the unit the field-ownership policy
+decides on (DESIGN.md §6).
 
 When the caller read an older version than the target now holds (``baseVersion`` differs from the current version),
 the plan is a three-way merge (DESIGN.md §7): the caller's changes (base → what the caller meant) are applied on top
 of the current version when they touch other elements than the changes made downstream since the base (base →
 current); otherwise ``PlanConflictError`` names the overlapping elements.
 
-``meta`` is never planned: diffs ignore it, a patch may not touch it, and an update keeps the target's tags and
-profiles. Versions are opaque strings. Messages never echo element values (they may be PHI).
+``meta`` is planned element by element: ``tag``, ``security``, ``profile``, ``source`` (and ``meta.id``,
+``meta.extension``) are elements a caller may change, on every operation, under the policy like any other. Left
+out are what the server sets on every write (``versionId``, ``lastUpdated``) and the gateway's own tags (the change
+and source tags the writer puts on every write, systems ``CHANGE_TAG_SYSTEM`` and ``SOURCE_TAG_SYSTEM``): the
+proposed resource never holds them, and a caller cannot set them. An update changes the meta elements its resource
+carries and keeps the others as the target has them. Versions are opaque strings. Messages never echo element
+values (they may be PHI).
 """
 
 from __future__ import annotations
@@ -27,11 +33,26 @@ from shared.core.errors import ConflictError, FhirValidationError, Issue, Reques
 from shared.core.fhir_validation import R4_RESOURCE_TYPES, operation_outcome, validation_issues
 from shared.core.models import ChangeRequest, Operation, PatchOperation
 
-__all__ = ["PatchApplyError", "Plan", "PlanConflictError", "element_paths", "plan_change"]
+__all__ = [
+    "CHANGE_TAG_SYSTEM",
+    "SOURCE_TAG_SYSTEM",
+    "PatchApplyError",
+    "Plan",
+    "PlanConflictError",
+    "element_paths",
+    "governed_meta",
+    "plan_change",
+]
 
+CHANGE_TAG_SYSTEM: Final = "urn:writeback:change"
+"""The system of the ``meta.tag`` the writer puts on every write, coded with the change id."""
+SOURCE_TAG_SYSTEM: Final = "urn:writeback:source"
+"""The system of the ``meta.tag`` the writer puts on every write, coded with the source system."""
+
+_GATEWAY_TAG_SYSTEMS: Final = frozenset({CHANGE_TAG_SYSTEM, SOURCE_TAG_SYSTEM})
+_SERVER_META: Final = frozenset({"versionId", "lastUpdated", "_versionId", "_lastUpdated"})
 _NOT_DIFFED: Final = frozenset({"meta", "resourceType"})
-_NOT_PATCHABLE: Final = frozenset({"meta", "id", "resourceType"})
-_SERVER_META: Final = ("versionId", "lastUpdated")
+_NOT_PATCHABLE: Final = frozenset({("id",), ("resourceType",)} | {("meta", key) for key in _SERVER_META})
 _MUTATING_OPS: Final = frozenset({"add", "remove", "replace", "move", "copy"})
 _ETAG: Final = re.compile(r'\s*(?:W/)?"([^"]*)"\s*')
 _MISSING: Final = object()
@@ -51,9 +72,10 @@ class Plan:
     proposed: dict[str, Any]
     """The full resource to write."""
     diff: list[dict[str, Any]]
-    """RFC 6902 operations from the current version to ``proposed``, ignoring ``meta``."""
+    """RFC 6902 operations from the current version to ``proposed``. ``meta`` appears as its governed part only
+    (``governed_meta``: no server-set elements, no gateway tags), as if it were an object even when absent."""
     changed_paths: list[str]
-    """Sorted FHIR element paths ``diff`` touches, e.g. ``["Patient.address", "Patient.telecom"]``."""
+    """Sorted FHIR element paths ``diff`` touches, e.g. ``["Patient.address", "Patient.meta.tag"]``."""
     merged: bool = False
     """True when the caller's changes were merged onto a newer version than the one it read."""
     downstream_paths: list[str] = field(default_factory=list)
@@ -63,6 +85,21 @@ class Plan:
     def is_noop(self) -> bool:
         """Nothing to write: an update or patch that leaves every element as it is."""
         return self.operation is not Operation.CREATE and not self.diff
+
+    def element_patch(self) -> list[dict[str, Any]]:
+        """A JSON Patch that sets each top-level element ``diff`` changes, outside ``meta``, to its planned value.
+
+        Whole elements rather than ``diff``'s own operations: applied to the version the plan read, it gives the
+        planned elements whatever array-index semantics the target's JSON Patch has. ``meta`` is the writer's (it
+        adds the gateway's tags).
+        """
+        keys = sorted({key[0] for key in _changed_keys(self.diff) if key[0] not in _NOT_DIFFED})
+        return [
+            {"op": "add", "path": _escape(key), "value": _clone(self.proposed[key])}
+            if key in self.proposed
+            else {"op": "remove", "path": _escape(key)}
+            for key in keys
+        ]
 
 
 @dataclass(eq=False)
@@ -118,50 +155,65 @@ def _choice_elements(resource_type: str) -> dict[str, str]:
     return table
 
 
-def _top_key(pointer: Any) -> str | None:
-    """The top-level JSON key a pointer addresses (unescaped), or ``None`` for the document root."""
+ElementKey = tuple[str, ...]
+"""Where a change falls: ``(key,)`` for a top-level JSON key, ``("meta", key)`` for an element of ``meta``."""
+
+
+def _unescape(segment: str) -> str:
+    return segment.replace("~1", "/").replace("~0", "~") if "~" in segment else segment
+
+
+def _element_key(pointer: Any) -> ElementKey | None:
+    """The element a JSON pointer falls in (unescaped), or ``None`` for the document root."""
     if not isinstance(pointer, str) or not pointer.startswith("/"):
         return None
-    segment = pointer[1:].split("/", 1)[0]
-    if "~" in segment:
-        segment = segment.replace("~1", "/").replace("~0", "~")
-    return segment
+    segments = pointer[1:].split("/", 2)
+    top = _unescape(segments[0])
+    if top == "meta" and len(segments) > 1:
+        return ("meta", _unescape(segments[1]))
+    return (top,)
 
 
-def _changed_keys(diff: Iterable[dict[str, Any]]) -> set[str]:
-    """The top-level JSON keys the operations of ``diff`` change (``test`` changes nothing, ``move`` two places)."""
-    keys: set[str] = set()
+def _changed_keys(diff: Iterable[dict[str, Any]]) -> set[ElementKey]:
+    """The elements the operations of ``diff`` change (``test`` changes nothing, ``move`` two places)."""
+    keys: set[ElementKey] = set()
     for op in diff:
         kind = op.get("op")
         if kind == "test":
             continue
-        key = _top_key(op.get("path"))
+        key = _element_key(op.get("path"))
         if key is not None:
             keys.add(key)
         if kind == "move":
-            key = _top_key(op.get("from"))
+            key = _element_key(op.get("from"))
             if key is not None:
                 keys.add(key)
     return keys
 
 
-def _element_path(resource_type: str, key: str, choices: dict[str, str]) -> str | None:
-    name = key[1:] if key.startswith("_") and len(key) > 1 else key  # _birthDate carries birthDate's extensions
+def _element_path(resource_type: str, key: ElementKey, choices: dict[str, str]) -> str | None:
+    if key[0] == "meta":
+        if len(key) == 1:
+            return f"{resource_type}.meta"
+        name = key[1][1:] if key[1].startswith("_") and len(key[1]) > 1 else key[1]  # _source: source's extensions
+        return None if not name or key[1] in _SERVER_META else f"{resource_type}.meta.{name}"
+    name = key[0][1:] if key[0].startswith("_") and len(key[0]) > 1 else key[0]  # _birthDate: birthDate's extensions
     if not name or name in _NOT_DIFFED:
         return None
     return f"{resource_type}.{choices.get(name, name)}"
 
 
 def element_paths(resource_type: str, diff: Iterable[dict[str, Any]]) -> list[str]:
-    """The sorted top-level FHIR element paths a JSON Patch changes.
+    """The sorted FHIR element paths a JSON Patch changes: top-level elements, and the elements of ``meta``.
 
     ``/telecom/0/value`` -> ``Patient.telecom``; ``/valueQuantity/value`` -> ``Observation.value[x]``;
-    ``/_birthDate/extension`` -> ``Patient.birthDate``. The root, ``meta`` and ``resourceType`` are left out.
+    ``/_birthDate/extension`` -> ``Patient.birthDate``; ``/meta/security/0`` -> ``Patient.meta.security``; ``/meta``
+    itself -> ``Patient.meta``. The root, ``resourceType``, ``meta.versionId`` and ``meta.lastUpdated`` are left out.
     """
     return _paths(resource_type, _changed_keys(diff))
 
 
-def _paths(resource_type: str, keys: Iterable[str]) -> list[str]:
+def _paths(resource_type: str, keys: Iterable[ElementKey]) -> list[str]:
     choices = _choice_elements(resource_type)
     return sorted({path for key in keys if (path := _element_path(resource_type, key, choices)) is not None})
 
@@ -184,7 +236,7 @@ def _escape(key: str) -> str:
 
 
 def _diff(source: dict[str, Any], target: dict[str, Any]) -> list[dict[str, Any]]:
-    """RFC 6902 operations ``source`` -> ``target``, ignoring ``meta``; values are copies, never shared.
+    """RFC 6902 operations ``source`` -> ``target``, ``meta`` by its governed part; values are copies, never shared.
 
     Only the top-level elements that differ go through ``jsonpatch.make_patch``: an unchanged element costs one
     C-level equality check instead of a walk in Python.
@@ -203,27 +255,82 @@ def _diff(source: dict[str, Any], target: dict[str, Any]) -> list[dict[str, Any]
     for key, value in target.items():
         if key not in _NOT_DIFFED and key not in source:
             after[key] = value
+    source_meta, target_meta = governed_meta(source.get("meta")), governed_meta(target.get("meta"))
+    if source_meta != target_meta:
+        before["meta"] = {k: v for k, v in source_meta.items() if target_meta.get(k, _MISSING) != v}
+        after["meta"] = {k: v for k, v in target_meta.items() if source_meta.get(k, _MISSING) != v}
     if not before and not after:
         return []
     ops: list[dict[str, Any]] = _clone(jsonpatch.make_patch(before, after).patch)
     return ops
 
 
-def _kept_meta(meta: Any) -> dict[str, Any] | None:
-    """``meta`` without the elements the server sets on every write; ``None`` when nothing is left."""
+# --- meta -------------------------------------------------------------------------------------------------------
+
+
+def governed_meta(meta: Any) -> dict[str, Any]:
+    """The part of ``meta`` a caller governs: without the server-set elements and the gateway's own tags.
+
+    The values are ``meta``'s own, not copies (a filtered ``tag`` list is new); ``{}`` when nothing is left.
+    """
     if not isinstance(meta, dict):
-        return None
-    kept = {k: _clone(v) for k, v in meta.items() if k not in _SERVER_META}
-    return kept or None
+        return {}
+    governed: dict[str, Any] = {}
+    for key, value in meta.items():
+        if key in _SERVER_META:
+            continue
+        if key == "tag" and isinstance(value, list):
+            value = [tag for tag in value if not _is_gateway_tag(tag)]
+            if not value:
+                continue
+        governed[key] = value
+    return governed
 
 
-def _with_meta(resource: dict[str, Any], meta: Any) -> dict[str, Any]:
-    """``resource`` (owned by the caller of this function) with ``meta`` replaced by the kept part of ``meta``."""
-    kept = _kept_meta(meta)
+def _is_gateway_tag(tag: Any) -> bool:
+    return isinstance(tag, dict) and tag.get("system") in _GATEWAY_TAG_SYSTEMS
+
+
+def _updated_meta(sent: Any, prior: Any) -> dict[str, Any]:
+    """The governed meta an update proposes: each element the sent ``meta`` carries, else the prior one."""
+    meta = dict(governed_meta(prior))
+    if isinstance(sent, dict):
+        for key in sent.keys() - _SERVER_META:
+            meta.pop(key, None)
+        meta.update(governed_meta(sent))
+    return meta
+
+
+def _with_meta(resource: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` (owned by the caller of this function) with ``meta`` as its meta, and none when it is empty."""
     resource.pop("meta", None)
-    if kept is not None:
-        resource["meta"] = kept
+    if meta:
+        resource["meta"] = meta
     return resource
+
+
+def _planned_copy(resource: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``resource`` as plans hold resources: its meta reduced to the governed part."""
+    copied = {k: _clone(v) for k, v in resource.items() if k != "meta"}
+    return _with_meta(copied, _clone(governed_meta(resource.get("meta"))))
+
+
+def _value(resource: dict[str, Any], key: ElementKey) -> Any:
+    """The value of one element (of the governed meta, for a meta element), or ``_MISSING``."""
+    if len(key) == 2:
+        return governed_meta(resource.get("meta")).get(key[1], _MISSING)
+    return resource.get(key[0], _MISSING)
+
+
+def _put(resource: dict[str, Any], key: ElementKey, value: Any) -> None:
+    """Set one element of a planned resource (owned by the caller) to a copy of ``value``; remove it for _MISSING."""
+    holder = resource.setdefault("meta", {}) if len(key) == 2 else resource
+    if value is _MISSING:
+        holder.pop(key[-1], None)
+    else:
+        holder[key[-1]] = _clone(value)
+    if resource.get("meta") == {}:
+        del resource["meta"]
 
 
 def _version_id(version: str | None) -> str | None:
@@ -250,11 +357,12 @@ def _apply_patch(resource: dict[str, Any], patch: list[PatchOperation]) -> dict[
         if kind in _MUTATING_OPS:
             targets = [wire["path"], wire["from"]] if kind == "move" else [wire["path"]]
             for pointer in targets:
-                key = _top_key(pointer)
+                key = _element_key(pointer)
                 if key is None:
                     raise _patch_error(index, "forbidden", f"Patch operation {index} ({kind}) cannot change the root")
                 if key in _NOT_PATCHABLE:
-                    raise _patch_error(index, "forbidden", f"Patch operation {index} ({kind}) cannot change '{key}'")
+                    name = ".".join(key)
+                    raise _patch_error(index, "forbidden", f"Patch operation {index} ({kind}) cannot change '{name}'")
         if "value" in wire:
             wire["value"] = _clone(wire["value"])
         try:
@@ -299,8 +407,10 @@ def _plan_create(request: ChangeRequest) -> Plan:
     assert request.resource is not None
     resource_type = request.resource_type
     proposed = {k: _clone(v) for k, v in request.resource.items() if k not in ("id", "meta")}
-    proposed = _with_meta(proposed, request.resource.get("meta"))
+    meta = _clone(governed_meta(request.resource.get("meta")))
+    proposed = _with_meta(proposed, meta)
     diff = [{"op": "add", "path": _escape(k), "value": _clone(v)} for k, v in proposed.items() if k not in _NOT_DIFFED]
+    diff += [{"op": "add", "path": "/meta" + _escape(k), "value": _clone(v)} for k, v in meta.items()]
     return Plan(
         operation=request.operation,
         resource_type=resource_type,
@@ -314,12 +424,18 @@ def _plan_create(request: ChangeRequest) -> Plan:
 
 
 def _intended(request: ChangeRequest, resource: dict[str, Any]) -> dict[str, Any]:
-    """What the caller meant ``resource`` to become: the resource it sent, or its patch applied to ``resource``."""
+    """What the caller meant ``resource`` to become, as plans hold resources (a new object, sharing nothing).
+
+    A patch applies to ``resource``; an update replaces it, but keeps the meta elements its own meta does not carry.
+    """
     if request.operation is Operation.PATCH:
         assert request.patch is not None
-        return _apply_patch(resource, request.patch)
+        patched = _apply_patch(resource, request.patch)
+        return _with_meta(patched, governed_meta(patched.get("meta")))
     assert request.resource is not None
-    return request.resource
+    sent = request.resource
+    intended = {k: _clone(v) for k, v in sent.items() if k != "meta"}
+    return _with_meta(intended, _clone(_updated_meta(sent.get("meta"), resource.get("meta"))))
 
 
 def _merge(request: ChangeRequest, current: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -332,7 +448,7 @@ def _merge(request: ChangeRequest, current: dict[str, Any], base: dict[str, Any]
     ours_keys = _changed_keys(_diff(base, intended))
     theirs_keys = _changed_keys(_diff(base, current))
     choices = _choice_elements(resource_type)
-    by_element: dict[str, set[str]] = {}
+    by_element: dict[str, set[ElementKey]] = {}
     for key in ours_keys | theirs_keys:
         path = _element_path(resource_type, key, choices)
         if path is not None:
@@ -342,7 +458,7 @@ def _merge(request: ChangeRequest, current: dict[str, Any], base: dict[str, Any]
     overlap = [
         path
         for path in sorted(set(ours) & set(theirs))
-        if any(intended.get(k, _MISSING) != current.get(k, _MISSING) for k in by_element[path])
+        if any(_value(intended, k) != _value(current, k) for k in by_element[path])
     ]
     if overlap:
         raise PlanConflictError(
@@ -352,15 +468,11 @@ def _merge(request: ChangeRequest, current: dict[str, Any], base: dict[str, Any]
             theirs=theirs,
             overlap=overlap,
         )
-    # The element sets are disjoint, so every key we changed still holds its base value at the target: setting
+    # The element sets are disjoint, so every element we changed still holds its base value at the target: setting
     # it to what the caller meant is the same as applying our operations, and it cannot fail.
-    merged = _clone(current)
-    for key in ours_keys - _NOT_DIFFED:
-        value = intended.get(key, _MISSING)
-        if value is _MISSING:
-            merged.pop(key, None)
-        else:
-            merged[key] = _clone(value)
+    merged = _planned_copy(current)
+    for key in ours_keys:
+        _put(merged, key, _value(intended, key))
     return merged, theirs
 
 
@@ -380,8 +492,8 @@ def plan_change(
     Raises ``PatchApplyError`` (the patch does not apply), ``PlanConflictError`` (the target changed the same
     elements since the base version, or changed at all and ``base`` could not be read), ``FhirValidationError``
     (a patched or merged resource is not valid FHIR R4) and ``RequestError`` (the request names another resource
-    than ``current``). The proposed resource of a create or a plain update is the request's resource, which the
-    intake has validated; it is not validated again.
+    than ``current``). The proposed resource of a create or a plain update is the request's resource (an update's
+    meta completed from ``current``), which the intake has validated; it is not validated again.
     """
     if request.operation is Operation.CREATE:
         if current is not None:
@@ -412,13 +524,8 @@ def plan_change(
         _check_same_resource(base, resource_type, resource_id, "base")
         proposed, downstream = _merge(request, current, base)
         merged = True
-    elif request.operation is Operation.PATCH:
-        assert request.patch is not None
-        proposed = _apply_patch(current, request.patch)
     else:
-        assert request.resource is not None
-        proposed = {k: _clone(v) for k, v in request.resource.items() if k != "meta"}
-    proposed = _with_meta(proposed, current.get("meta"))
+        proposed = _intended(request, current)
     if merged or request.operation is Operation.PATCH:
         _validate(proposed, resource_type, "merged" if merged else "patched")
 

@@ -11,7 +11,7 @@ import pytest
 
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import reset_token_providers, token_provider_for
-from shared.app.writer import CHANGE_TAG_SYSTEM, FhirWriter, WriteOutcome
+from shared.app.writer import CHANGE_TAG_SYSTEM, FhirWriter, IfMatchUnavailableError, WriteOutcome
 from shared.core.errors import ConflictError
 from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, PayloadRef, Principal
 from shared.core.planning import plan_change
@@ -148,3 +148,18 @@ def test_without_conditional_create_a_repeated_create_searches_first(client_for:
     assert again.resource_id == first.resource_id
     assert len(client.search("Patient", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"}).get("entry", [])) == 1
     assert len(client.search("Provenance", {"_tag": f"{CHANGE_TAG_SYSTEM}|{record.change_id}"}).get("entry", [])) == 1
+
+
+@pytest.mark.parametrize("mode", ["after", "transaction"])
+def test_a_resource_read_without_a_version_gets_no_unconditional_write(client_for: Any, mode: str) -> None:
+    client, target = client_for(mode)
+    current = seed(client)
+    unversioned = {k: v for k, v in current.items() if k != "meta"}  # as a target that returns no version
+    request = ChangeRequest.model_validate(
+        {"target": "local-ehr", "operation": "update", "resource": {**unversioned, "gender": "other"}}
+    )
+    plan = plan_change(request, current=unversioned, current_version=None)
+    with pytest.raises(IfMatchUnavailableError, match=r"returned no version .*capabilities\.if_match"):
+        FhirWriter(client, target).write(record_for(request), plan, source="crm", recorded=NOW, reason=None)
+    versions = client.versions("Patient", current["id"])
+    assert [v["gender"] for v in versions] == ["female"]

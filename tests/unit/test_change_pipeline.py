@@ -476,6 +476,19 @@ def test_a_target_no_longer_configured_fails_the_change() -> None:
     assert gw.wire(change_id)["error"]["detail"] == "target 'local-ehr' is no longer configured"
 
 
+def test_a_target_without_if_match_refuses_an_update_before_anyone_is_asked_to_approve(tmp_path: Path) -> None:
+    text = (REPO / "config" / "targets.yaml").read_text()
+    (tmp_path / "targets.yaml").write_text(
+        text.replace("    capabilities:\n", "    capabilities:\n      if_match: false\n", 1)
+    )
+    gw = make_gateway(targets=TargetRegistry.from_file(tmp_path / "targets.yaml", {}))
+    change_id = gw.submit(update(name=[{"family": "Doe-Smith", "given": ["Jane"]}]))  # needs an approval
+    assert gw.pipeline.prepare(change_id)["status"] == "failed"
+    record = gw.wire(change_id)
+    assert record["error"]["type"].endswith("if-match-unavailable") and "approval" not in record
+    assert len(gw.history()) == 1
+
+
 def test_prepare_again_answers_the_state_the_change_reached(gw: Gateway) -> None:
     change_id = writing(gw)
     before = gw.events(change_id)

@@ -12,9 +12,20 @@ import pytest
 
 from shared.core.errors import ConflictError, FhirValidationError, RequestError
 from shared.core.models import ChangeRequest, Operation
-from shared.core.planning import PatchApplyError, Plan, PlanConflictError, element_paths, plan_change
+from shared.core.planning import (
+    CHANGE_TAG_SYSTEM,
+    SOURCE_TAG_SYSTEM,
+    PatchApplyError,
+    Plan,
+    PlanConflictError,
+    element_paths,
+    governed_meta,
+    plan_change,
+)
 
 TAGS = [{"system": "http://example.org/tags", "code": "synced"}]
+GATEWAY_TAGS = [{"system": CHANGE_TAG_SYSTEM, "code": "c-1"}, {"system": SOURCE_TAG_SYSTEM, "code": "crm"}]
+RESTRICTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
 
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",
@@ -73,9 +84,14 @@ def without_meta(resource: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resource.items() if k != "meta"}
 
 
+def planned_form(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource as a plan's diff sees it: its meta reduced to the governed part, and always there."""
+    return {**without_meta(resource), "meta": governed_meta(resource.get("meta"))}
+
+
 def assert_diff_replays(current: dict[str, Any], plan: Plan) -> None:
-    """The plan's diff turns the current resource into the proposed one (meta aside)."""
-    assert jsonpatch.apply_patch(without_meta(current), plan.diff) == without_meta(plan.proposed)
+    """The plan's diff turns the current resource into the proposed one (meta as its governed part)."""
+    assert jsonpatch.apply_patch(planned_form(current), plan.diff) == planned_form(plan.proposed)
 
 
 # --- create -----------------------------------------------------------------------------------------------------
@@ -95,12 +111,38 @@ def test_create_proposes_the_resource_without_id_and_server_meta() -> None:
         "Patient.deceased[x]",
         "Patient.gender",
         "Patient.identifier",
+        "Patient.meta.profile",
+        "Patient.meta.tag",
         "Patient.name",
         "Patient.telecom",
     ]
     assert all(op["op"] == "add" for op in plan.diff)
-    assert jsonpatch.apply_patch({"resourceType": "Patient"}, plan.diff) == without_meta(plan.proposed)
+    assert jsonpatch.apply_patch({"resourceType": "Patient", "meta": {}}, plan.diff) == planned_form(plan.proposed)
     assert not plan.is_noop and not plan.merged
+
+
+def test_create_plans_the_callers_labels_but_never_the_gateways_tags() -> None:
+    sent = patient(security=[RESTRICTED], source="http://crm.example.org", tag=[*TAGS, *GATEWAY_TAGS])
+    plan = plan_change(
+        ChangeRequest(target="ehr", operation=Operation.CREATE, resource=sent), current=None, current_version=None
+    )
+    assert plan.proposed["meta"] == {
+        "profile": PATIENT["meta"]["profile"],
+        "tag": TAGS,
+        "security": [RESTRICTED],
+        "source": "http://crm.example.org",
+    }
+    meta_paths = [p for p in plan.changed_paths if ".meta." in p]
+    assert meta_paths == ["Patient.meta.profile", "Patient.meta.security", "Patient.meta.source", "Patient.meta.tag"]
+
+
+def test_create_with_only_server_meta_or_gateway_tags_plans_no_meta() -> None:
+    sent = patient(lambda r: r.update(meta={"versionId": "9", "tag": GATEWAY_TAGS}))
+    plan = plan_change(
+        ChangeRequest(target="ehr", operation=Operation.CREATE, resource=sent), current=None, current_version=None
+    )
+    assert "meta" not in plan.proposed
+    assert not [p for p in plan.changed_paths if ".meta" in p]
 
 
 def test_create_of_a_bare_resource_is_not_a_noop() -> None:
@@ -138,7 +180,18 @@ UPDATE_CASES: list[tuple[str, Mutation, list[str]]] = [
         lambda r: r.update(_birthDate={"extension": [{"url": "http://x.org/a", "valueCode": "e"}]}),
         ["Patient.birthDate"],
     ),
-    ("sends its own meta", lambda r: r.update(meta={"versionId": "1", "tag": [{"code": "mine"}]}), []),
+    (
+        "sends a tag of its own",
+        lambda r: r.update(meta={"versionId": "1", "tag": [{"code": "mine"}]}),
+        ["Patient.meta.tag"],
+    ),
+    ("labels it", lambda r: r["meta"].update(security=[RESTRICTED]), ["Patient.meta.security"]),
+    ("names its source", lambda r: r["meta"].update(source="http://crm.example.org"), ["Patient.meta.source"]),
+    ("extends its source", lambda r: r["meta"].update(_source={"id": "s"}), ["Patient.meta.source"]),
+    ("claims another profile", lambda r: r["meta"].update(profile=["http://example.org/q"]), ["Patient.meta.profile"]),
+    ("sends only the gateway's tags", lambda r: r["meta"].update(tag=GATEWAY_TAGS), ["Patient.meta.tag"]),
+    ("sends only server meta", lambda r: r.update(meta={"versionId": "1", "lastUpdated": "2020-01-01T00:00:00Z"}), []),
+    ("sends no meta", lambda r: r.pop("meta"), []),
     ("resends everything", lambda r: None, []),
 ]
 
@@ -151,7 +204,6 @@ def test_update_changes_only_the_elements_that_differ(mutate: Mutation, expected
     assert plan.is_noop is (not expected)
     assert (plan.resource_id, plan.base_version, plan.current_version, plan.merged) == ("pat-1", "3", "3", False)
     assert_diff_replays(current, plan)
-    assert all(op["path"] != "/meta" and not op["path"].startswith("/meta/") for op in plan.diff)
 
 
 def test_update_diff_is_the_json_patch_of_the_change() -> None:
@@ -159,23 +211,30 @@ def test_update_diff_is_the_json_patch_of_the_change() -> None:
     assert plan.diff == [{"op": "replace", "path": "/telecom/0/value", "value": "555-0199"}]
 
 
-def test_update_keeps_the_current_meta_without_server_elements() -> None:
-    current = patient(security=[{"system": "http://example.org/sec", "code": "R"}])
+def test_update_changes_the_meta_elements_it_sends_and_keeps_the_others() -> None:
+    current = patient(security=[RESTRICTED])
     sent = patient(_phone)
     sent["meta"] = {"versionId": "1", "tag": [{"system": "http://example.org/tags", "code": "other"}]}
     plan = plan_change(update(sent), current=current, current_version="3")
     assert plan.proposed["meta"] == {
         "profile": PATIENT["meta"]["profile"],
-        "tag": TAGS,
-        "security": [{"system": "http://example.org/sec", "code": "R"}],
+        "tag": [{"system": "http://example.org/tags", "code": "other"}],
+        "security": [RESTRICTED],
     }
-    assert plan.changed_paths == ["Patient.telecom"]
+    assert plan.changed_paths == ["Patient.meta.tag", "Patient.telecom"]
 
 
 def test_update_of_a_target_without_meta_proposes_none() -> None:
     current = without_meta(patient())
-    plan = plan_change(update(patient(_phone)), current=current, current_version="3")
+    plan = plan_change(update(without_meta(patient(_phone))), current=current, current_version="3")
     assert "meta" not in plan.proposed
+
+
+def test_the_gateways_own_tags_are_neither_planned_nor_kept() -> None:
+    current = patient(tag=[*GATEWAY_TAGS, *TAGS])
+    plan = plan_change(update(patient(_phone, tag=[*TAGS, GATEWAY_TAGS[0]])), current=current, current_version="3")
+    assert plan.changed_paths == ["Patient.telecom"]
+    assert plan.proposed["meta"]["tag"] == TAGS  # the writer puts its own tags back, for this change
 
 
 def test_update_of_another_resource_is_refused() -> None:
@@ -259,15 +318,16 @@ PATCH_ERRORS: list[tuple[str, list[dict[str, Any]], str, str]] = [
     ("index into a string", [{"op": "add", "path": "/gender/x", "value": "y"}], "patch/0", "not-found"),
     ("non-numeric index", [{"op": "replace", "path": "/telecom/first/value", "value": "1"}], "patch/0", "not-found"),
     ("move from nowhere", [{"op": "move", "from": "/nothing", "path": "/gender"}], "patch/0", "not-found"),
-    ("meta", [{"op": "add", "path": "/meta/tag/-", "value": {"code": "x"}}], "patch/0", "forbidden"),
-    ("whole meta", [{"op": "remove", "path": "/meta"}], "patch/0", "forbidden"),
+    ("meta.versionId", [{"op": "replace", "path": "/meta/versionId", "value": "4"}], "patch/0", "forbidden"),
+    ("meta.lastUpdated", [{"op": "remove", "path": "/meta/lastUpdated"}], "patch/0", "forbidden"),
+    ("move away the version", [{"op": "move", "from": "/meta/versionId", "path": "/gender"}], "patch/0", "forbidden"),
     ("id", [{"op": "replace", "path": "/id", "value": "pat-2"}], "patch/0", "forbidden"),
     ("resourceType", [{"op": "replace", "path": "/resourceType", "value": "Person"}], "patch/0", "forbidden"),
     ("move away the id", [{"op": "move", "from": "/id", "path": "/gender"}], "patch/0", "forbidden"),
     ("the root", [{"op": "replace", "path": "", "value": {"resourceType": "Patient"}}], "patch/0", "forbidden"),
     (
-        "second op touches meta",
-        [{"op": "replace", "path": "/gender", "value": "male"}, {"op": "remove", "path": "/meta/tag"}],
+        "second op touches the version",
+        [{"op": "replace", "path": "/gender", "value": "male"}, {"op": "remove", "path": "/meta/versionId"}],
         "patch/1",
         "forbidden",
     ),
@@ -283,6 +343,46 @@ def test_patch_that_does_not_apply_names_the_operation(ops: list[dict[str, Any]]
     assert [(i.path, i.code) for i in error.issues] == [(path, code)]
     for value in ("male", "1999-01-01", "pat-2", "Person", "female", "1980-05-17"):
         assert value not in str(error) and value not in error.issues[0].message
+
+
+META_PATCHES: list[tuple[str, list[dict[str, Any]], dict[str, Any], list[str]]] = [
+    (
+        "adds a label",
+        [{"op": "add", "path": "/meta/security", "value": [RESTRICTED]}],
+        {"profile": PATIENT["meta"]["profile"], "tag": TAGS, "security": [RESTRICTED]},
+        ["Patient.meta.security"],
+    ),
+    (
+        "appends a tag",
+        [{"op": "add", "path": "/meta/tag/-", "value": {"code": "x"}}],
+        {"profile": PATIENT["meta"]["profile"], "tag": [*TAGS, {"code": "x"}]},
+        ["Patient.meta.tag"],
+    ),
+    ("removes meta", [{"op": "remove", "path": "/meta"}], {}, ["Patient.meta.profile", "Patient.meta.tag"]),
+    (
+        "replaces meta, version and all",
+        [{"op": "replace", "path": "/meta", "value": {"versionId": "x", "tag": TAGS}}],
+        {"tag": TAGS},
+        ["Patient.meta.profile"],
+    ),
+    (
+        "adds a gateway tag",
+        [{"op": "add", "path": "/meta/tag/-", "value": GATEWAY_TAGS[0]}],
+        {"profile": PATIENT["meta"]["profile"], "tag": TAGS},
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(("ops", "meta", "expected"), [c[1:] for c in META_PATCHES], ids=[c[0] for c in META_PATCHES])
+def test_patch_may_change_meta_elements_under_the_policy(
+    ops: list[dict[str, Any]], meta: dict[str, Any], expected: list[str]
+) -> None:
+    current = patient()
+    plan = plan_change(patch(ops), current=current, current_version="3")
+    assert plan.proposed.get("meta", {}) == meta
+    assert plan.changed_paths == expected
+    assert_diff_replays(current, plan)
 
 
 def test_test_ops_may_read_meta_and_id() -> None:
@@ -349,15 +449,19 @@ PATH_CASES: list[tuple[str, str, list[dict[str, Any]], list[str]]] = [
     ),
     ("test changes nothing", "Patient", [{"op": "test", "path": "/gender", "value": "x"}], []),
     (
-        "root, meta and resourceType are left out",
+        "root, server meta and resourceType are left out",
         "Patient",
         [
             {"op": "replace", "path": ""},
-            {"op": "add", "path": "/meta/tag/0"},
+            {"op": "replace", "path": "/meta/versionId"},
+            {"op": "add", "path": "/meta/_lastUpdated"},
             {"op": "replace", "path": "/resourceType"},
         ],
         [],
     ),
+    ("a meta element", "Patient", [{"op": "add", "path": "/meta/security/0"}], ["Patient.meta.security"]),
+    ("a meta primitive twin", "Patient", [{"op": "add", "path": "/meta/_source"}], ["Patient.meta.source"]),
+    ("meta as a whole", "Patient", [{"op": "remove", "path": "/meta"}], ["Patient.meta"]),
     (
         "sorted and unique",
         "Patient",
@@ -410,9 +514,9 @@ def test_update_of_choice_elements_names_the_choice(mutate: Mutation, expected: 
 # --- three-way merge ------------------------------------------------------------------------------------------------
 
 
-def downstream(mutate: Mutation, version: str = "4") -> dict[str, Any]:
+def downstream(mutate: Mutation, version: str = "4", **meta: Any) -> dict[str, Any]:
     """The target's current resource: the base changed by someone else, at a new version."""
-    return patient(mutate, versionId=version, lastUpdated="2024-02-01T00:00:00Z")
+    return patient(mutate, versionId=version, lastUpdated="2024-02-01T00:00:00Z", **meta)
 
 
 def test_three_way_disjoint_update_applies_our_change_on_top_of_theirs() -> None:
@@ -512,6 +616,23 @@ def test_three_way_merge_result_is_validated() -> None:
     assert "merged" in str(caught.value)
 
 
+def test_three_way_label_goes_on_top_of_other_changes() -> None:
+    current = downstream(lambda r: r["address"][0].update(city="Shelbyville"), tag=[*TAGS, *GATEWAY_TAGS])
+    plan = plan_change(update(patient(security=[RESTRICTED])), current=current, current_version="4", base=patient())
+    assert plan.merged and plan.downstream_paths == ["Patient.address"]  # the gateway's tags are nobody's change
+    assert plan.changed_paths == ["Patient.meta.security"]
+    assert plan.proposed["meta"] == {"profile": PATIENT["meta"]["profile"], "tag": TAGS, "security": [RESTRICTED]}
+    assert plan.proposed["address"][0]["city"] == "Shelbyville"
+    assert_diff_replays(current, plan)
+
+
+def test_three_way_tags_changed_on_both_sides_conflict() -> None:
+    current = downstream(lambda r: None, tag=[{"code": "theirs"}])
+    with pytest.raises(PlanConflictError) as caught:
+        plan_change(update(patient(tag=[{"code": "ours"}])), current=current, current_version="4", base=patient())
+    assert caught.value.overlap == ["Patient.meta.tag"]
+
+
 def test_three_way_base_of_another_resource_is_refused() -> None:
     with pytest.raises(RequestError):
         plan_change(
@@ -535,6 +656,31 @@ def test_without_base_version_the_plan_is_two_way() -> None:
     plan = plan_change(update(patient(_phone), base_version=None), current=current, current_version="4")
     assert not plan.merged and plan.base_version is None
     assert plan.changed_paths == ["Patient.gender", "Patient.telecom"]  # the caller's full resource wins
+
+
+# --- the patch a write sends -----------------------------------------------------------------------------------
+
+
+def test_element_patch_sets_each_changed_element_whole() -> None:
+    current = patient()
+    ops = [
+        {"op": "move", "from": "/telecom/0", "path": "/telecom/1"},
+        {"op": "remove", "path": "/address"},
+        {"op": "add", "path": "/meta/security", "value": [RESTRICTED]},
+    ]
+    plan = plan_change(patch(ops), current=current, current_version="3")
+    assert plan.element_patch() == [
+        {"op": "remove", "path": "/address"},
+        {"op": "add", "path": "/telecom", "value": plan.proposed["telecom"]},
+    ]
+    assert jsonpatch.apply_patch(without_meta(current), plan.element_patch()) == without_meta(plan.proposed)
+
+
+def test_element_patch_of_a_plan_without_change_is_empty() -> None:
+    plan = plan_change(
+        patch([{"op": "test", "path": "/gender", "value": "female"}]), current=patient(), current_version="3"
+    )
+    assert plan.element_patch() == []
 
 
 # --- versions ---------------------------------------------------------------------------------------------------

@@ -44,13 +44,14 @@ def crm(policy: Policy, *paths: str, operation: str = "update", base_version: bo
     )
 
 
-def vitals(policy: Policy, proposed: dict[str, Any] | None) -> PolicyDecision:
+def vitals(policy: Policy, proposed: dict[str, Any] | None, *more: str) -> PolicyDecision:
+    paths = ["Observation.status", "Observation.category", "Observation.code", "Observation.valueQuantity", *more]
     return policy.decide(
         source="vitals-app",
         target="local-ehr",
         resource_type="Observation",
         operation="create",
-        changed_paths=["Observation.status", "Observation.category", "Observation.code", "Observation.valueQuantity"],
+        changed_paths=paths,
         proposed=proposed,
         base_version_given=False,
     )
@@ -257,6 +258,58 @@ paths:
     assert rule("Observation.status") == ("Observation.status", "allow")
 
 
+META_RULES = """
+paths:
+  Observation.meta.tag: approve
+  Observation.meta: deny
+  "*": allow
+"""
+
+
+@pytest.mark.parametrize(
+    ("rules", "path", "expected"),
+    [
+        pytest.param(META_RULES, "Observation.meta.tag", ("approve", "Observation.meta.tag"), id="its-own-rule"),
+        pytest.param(META_RULES, "Observation.meta.profile", ("deny", "Observation.meta"), id="meta-covers-profile"),
+        pytest.param("paths:\n  '*': allow", "Observation.meta.source", ("allow", "*"), id="star-covers-source"),
+        pytest.param("paths:\n  '*': allow", "Observation.meta.security", ("deny", None), id="star-not-security"),
+        pytest.param(
+            "paths:\n  Observation.meta: allow", "Observation.meta.security", ("deny", None), id="meta-not-security"
+        ),
+        pytest.param(
+            "paths:\n  Observation.meta.security: approve",
+            "Observation.meta.security[0].code",
+            ("approve", "Observation.meta.security"),
+            id="security-by-name",
+        ),
+    ],
+)
+def test_meta_elements_take_their_own_rules(rules: str, path: str, expected: tuple[str, str | None]) -> None:
+    reason = decide(Policy.from_text(policy_text(rules)), path).reasons[0]
+    rule, key = expected
+    assert reason.path == path.split("[", 1)[0] and reason.rule == rule
+    if key is None:
+        assert reason.code == "default-deny" and "rule 'Observation.meta.security' of its own" in reason.message
+    else:
+        assert reason.code == "path-rule" and f"rule '{key}'" in reason.message
+
+
+@pytest.mark.parametrize("path", ["Observation.meta", "Observation.meta.versionId", "Observation.meta.colour"])
+def test_a_meta_path_that_names_no_element_a_change_sets_is_denied(path: str) -> None:
+    policy = Policy.from_text(policy_text("paths:\n  Observation.meta: allow\n  '*': allow"))
+    assert decide(policy, path).reasons[0].code == "invalid-path"
+
+
+def test_demo_policy_judges_labels(demo: Policy) -> None:
+    profile = vitals(demo, observation("vital-signs"), "Observation.meta.profile")
+    assert profile.decision == "allow"
+    labelled = vitals(demo, observation("vital-signs"), "Observation.meta.security")
+    assert labelled.decision == "deny"
+    assert [r.path for r in labelled.reasons if r.rule == "deny"] == ["Observation.meta.security"]
+    tagged = crm(demo, "Patient.telecom", "Patient.meta.tag")
+    assert tagged.decision == "deny" and tagged.reasons[-1].code == "default-deny"
+
+
 def test_nested_paths_count_once_for_their_element(demo: Policy) -> None:
     decision = crm(demo, "Patient.telecom[0].value", "Patient.telecom[1]", "Patient.address[0].line[1]")
     assert [r.path for r in decision.reasons] == ["Patient.telecom", "Patient.address"]
@@ -333,6 +386,9 @@ def when_case(case_id: str, expression: str, says: str) -> Any:
         path_rule_case("unknown-element", "Observation.stauts: allow", "", "did you mean 'status'"),
         path_rule_case("choice-without-x", "Observation.value: allow", "", "write 'Observation.value\\[x\\]'"),
         path_rule_case("x-on-non-choice", "Observation.code[x]: allow", "", "not a choice element"),
+        path_rule_case("server-meta", "Observation.meta.versionId: allow", "", "server sets meta.versionId"),
+        path_rule_case("unknown-meta-element", "Observation.meta.tagg: allow", "", "did you mean 'tag'"),
+        path_rule_case("nested-non-meta", "Observation.code.text: allow", "", "only meta's elements"),
         pytest.param(
             policy_text("paths: {}", resource_type="Patiant"),
             7,

@@ -2,9 +2,10 @@
 
 A decision (:meth:`Policy.decide`) first checks source, target, resource type, operation, ``baseVersion`` and the
 condition, any failing one denying with its reason; then maps each changed path to its top-level element
-(``Patient.telecom[0].value`` -> ``Patient.telecom``) and takes its most specific rule (see
-:mod:`shared.core.policy.rules`). Any deny denies; else any approve needs approval; else allow. No changed path at
-all allows. Reasons name paths, rules and config names, never element values.
+(``Patient.telecom[0].value`` -> ``Patient.telecom``), or to its element of ``meta`` (``Patient.meta.security``),
+and takes its most specific rule (see :mod:`shared.core.policy.rules`). Any deny denies; else any approve needs
+approval; else allow. No changed path at all allows. Reasons name paths, rules and config names, never element
+values.
 
 The optional ``reviewers`` section scopes the reading roles (Audit, Approve, Operate) to targets
 (:meth:`Policy.reviewer_targets`). Without the section a reviewer sees every target; with it, only the targets of

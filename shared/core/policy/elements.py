@@ -2,8 +2,9 @@
 
 Rule keys are ``Type.element`` (``Patient.telecom``), ``Type.element[x]`` for a choice element
 (``Observation.value[x]``), a single choice variant (``Observation.valueQuantity``, more specific than
-``Observation.value[x]``) or ``*``. The type must be the resource type the rules sit under and the element must exist
-in FHIR R4.
+``Observation.value[x]``), an element of ``meta`` (``Observation.meta.security``, more specific than
+``Observation.meta``) or ``*``. The type must be the resource type the rules sit under and the element must exist
+in FHIR R4. ``meta.versionId`` and ``meta.lastUpdated`` are the server's: no rule can name them.
 """
 
 from __future__ import annotations
@@ -12,11 +13,23 @@ import difflib
 import re
 from collections.abc import Collection, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["r4_model", "rule_key_problem", "suggest", "top_level_elements"]
+__all__ = [
+    "SERVER_META_ELEMENTS",
+    "governed_meta_elements",
+    "r4_model",
+    "rule_key_problem",
+    "suggest",
+    "top_level_elements",
+]
 
-_RULE_KEY = re.compile(r"^(?P<type>[A-Z][A-Za-z0-9]*)\.(?P<element>[a-z][A-Za-z0-9]*)(?P<choice>\[x\])?$")
+SERVER_META_ELEMENTS: Final = frozenset({"versionId", "lastUpdated"})
+"""The elements of ``meta`` the server sets on every write: outside the policy."""
+
+_RULE_KEY = re.compile(
+    r"^(?P<type>[A-Z][A-Za-z0-9]*)\.(?P<element>[a-z][A-Za-z0-9]*)(?:(?P<choice>\[x\])|\.(?P<sub>[A-Za-z0-9]+))?$"
+)
 
 
 def rule_key_problem(key: str, resource_type: str, elements: frozenset[str], choices: Mapping[str, Any]) -> str:
@@ -29,6 +42,8 @@ def rule_key_problem(key: str, resource_type: str, elements: frozenset[str], cho
     if m["type"] != resource_type:
         return f"'{key}' names {m['type']}, but these rules are for {resource_type}"
     element = m["element"]
+    if m["sub"] is not None:
+        return _meta_key_problem(key, resource_type, element, m["sub"])
     if m["choice"]:
         if element in choices:
             return ""
@@ -41,6 +56,17 @@ def rule_key_problem(key: str, resource_type: str, elements: frozenset[str], cho
         return ""
     known = elements | {f"{c}[x]" for c in choices}
     return f"{resource_type} has no element '{element}'{suggest(element, known)}"
+
+
+def _meta_key_problem(key: str, resource_type: str, element: str, sub: str) -> str:
+    if element != "meta":
+        return f"'{key}' is not a rule path: only meta's elements have rules of their own ('{resource_type}.meta.tag')"
+    if sub in SERVER_META_ELEMENTS:
+        return f"'{key}': the server sets meta.{sub} on every write; no rule decides on it"
+    known = governed_meta_elements()
+    if sub in known:
+        return ""
+    return f"Meta has no element '{sub}'{suggest(sub, known)}"
 
 
 def suggest(word: str, known: Collection[str]) -> str:
@@ -56,6 +82,13 @@ def r4_model() -> dict[str, Any]:
 
     model: dict[str, Any] = models["r4"]
     return model
+
+
+@cache
+def governed_meta_elements() -> frozenset[str]:
+    """The elements of ``meta`` a caller may change, so the policy decides on: ``tag``, ``security``, ..."""
+    names = frozenset(p.split(".", 1)[1] for p in r4_model()["path2Type"] if p.startswith("Meta."))
+    return names - SERVER_META_ELEMENTS
 
 
 @cache

@@ -2,6 +2,9 @@
 
 A changed path maps to its top-level element (``Patient.telecom[0].value`` -> ``Patient.telecom``) and takes the
 most specific rule: the exact element (or choice variant), else its ``[x]`` choice, else ``*``, else deny.
+An element of ``meta`` keeps its own path (``Patient.meta.tag``) and takes ``Patient.meta.tag``, else
+``Patient.meta``, else ``*``, else deny; except a security label: ``Patient.meta.security`` is decided by a rule of
+that name alone (neither ``Patient.meta`` nor ``*`` covers it), so no broad rule hands out the power to relabel.
 Reasons name paths, rules and config names, never element values.
 """
 
@@ -15,6 +18,7 @@ from pydantic import ConfigDict
 
 from shared.core.models import WireModel
 from shared.core.policy.conditions import Condition
+from shared.core.policy.elements import governed_meta_elements
 from shared.core.policy.schema import Decision
 
 __all__ = ["PolicyReason", "ReasonCode", "Rules", "make_reason"]
@@ -35,6 +39,8 @@ ReasonCode = Literal[
 
 _PATH_CACHE_MAX: Final = 4096
 _CHANGED_PATH = re.compile(r"(?P<type>[A-Z][A-Za-z0-9]*)\.(?P<element>[a-z][A-Za-z0-9]*)(?P<choice>\[x\])?(?=$|[.\[])")
+_META_ELEMENT = re.compile(r"\.(?P<sub>[A-Za-z0-9]+)(?=$|[.\[])")
+_EXPLICIT_ONLY: Final = frozenset({"security"})  # meta elements no broad rule ("Type.meta", "*") covers
 
 
 class PolicyReason(WireModel):
@@ -81,6 +87,8 @@ class Rules:
         if m is None or m["type"] != rt:
             return make_reason(changed_path, "deny", "invalid-path", f"{changed_path}: not an element path of {rt}")
         element = m["element"]
+        if element == "meta" and not m["choice"]:
+            return self._meta_reason(changed_path, changed_path[m.end() :])
         base = self.choice_of.get(element)
         if m["choice"] or base == element:
             path = f"{rt}.{base or element}[x]"
@@ -91,12 +99,31 @@ class Rules:
         else:
             path = f"{rt}.{element}"
             candidates = [path]
-        for key in (*candidates, "*"):
+        return self._first_rule(path, [*candidates, "*"])
+
+    def _meta_reason(self, changed_path: str, rest: str) -> PolicyReason:
+        """The rule for a change inside ``meta``; ``rest`` is what follows ``Type.meta`` in the changed path."""
+        rt = self.resource_type
+        m = _META_ELEMENT.match(rest)
+        if m is None:
+            message = f"{changed_path}: a change to meta is decided per element, such as {rt}.meta.tag"
+            return make_reason(changed_path, "deny", "invalid-path", message)
+        sub = m["sub"]
+        path = f"{rt}.meta.{sub}"
+        if sub not in governed_meta_elements():
+            message = f"{path}: not an element of meta a change may set"
+            return make_reason(path, "deny", "invalid-path", message)
+        if sub in _EXPLICIT_ONLY:
+            return self._first_rule(path, [path], why=f"a security label needs a rule '{path}' of its own")
+        return self._first_rule(path, [path, f"{rt}.meta", "*"])
+
+    def _first_rule(self, path: str, candidates: list[str], why: str = "no rule for this element") -> PolicyReason:
+        for key in candidates:
             rule = self.paths.get(key)
             if rule is not None:
                 verb = {"allow": "allowed by", "approve": "needs approval under", "deny": "denied by"}[rule]
                 return make_reason(path, rule, "path-rule", f"{path}: {verb} rule '{key}' of {self.where}")
-        return make_reason(path, "deny", "default-deny", f"{path}: no rule for this element for {self.where}; denied")
+        return make_reason(path, "deny", "default-deny", f"{path}: {why} for {self.where}; denied")
 
 
 def make_reason(path: str, rule: Decision, code: ReasonCode, message: str) -> PolicyReason:

@@ -13,10 +13,13 @@ Shape::
               operations: [update, patch]     # any of create, update, patch; at least one
               require_base_version: false     # true: update/patch without baseVersion is denied
               when: "Patient.active = true"   # optional FHIRPath on the proposed resource; must be exactly true
-              paths:                 # top-level element -> allow | approve | deny; anything unlisted is denied
+              paths:                 # element -> allow | approve | deny; anything unlisted is denied
                 Patient.telecom: allow
                 Patient.name: approve
-                "*": deny            # the rule for every element not listed
+                Patient.meta.tag: allow          # an element of meta (tag, security, profile, source, id,
+                Patient.meta: deny               # extension); Patient.meta: the other ones but security
+                Patient.meta.security: deny      # security labels: only a rule of this name decides
+                "*": deny            # the rule for every element not listed (but meta.security)
 
 An optional ``reviewers`` list scopes the reading roles (Audit, Approve, Operate) to targets::
 
