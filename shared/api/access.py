@@ -1,8 +1,11 @@
 """Who may see and decide what: the caller authenticated, and a change found only where the caller may see it.
 
-The submitting app sees its own changes; Audit, Approve and Operate see the changes of the targets the policy's
-reviewer scope gives them (all targets when it names none). A change the caller may not see is answered as not
-found, so its existence is not revealed.
+- A person with ``Writeback.Submit`` sees the changes they submitted (through any app).
+- An app acting as itself (an app-only token, no person) with ``Writeback.Submit`` sees its app's changes.
+- Audit, Approve and Operate see the changes of the targets the policy's reviewer scope gives them (all targets
+  when it names none); deciding (approve, reject, resolve, retry, an operator's cancel) needs that scope too.
+- Nobody without a role sees anything.
+A change the caller may not see is answered as not found, so its existence is not revealed.
 """
 
 from __future__ import annotations
@@ -64,13 +67,21 @@ class Access:
     def record(self, principal: Principal, change_id: str) -> ChangeRecord:
         """The change as stored now, when the caller may see it; NotFoundError otherwise."""
         record = self._journal.store.get(change_id)
-        if record is None or not self._visible(principal, record):
+        if record is None or not (self._reviews(principal, record) or _submitted(principal, record)):
             raise NotFoundError(f"change {change_id} not found")
         return record
 
-    def _visible(self, principal: Principal, record: ChangeRecord) -> bool:
-        if record.requested_by.app_id == principal.app_id:
-            return True
+    def reviewed(self, principal: Principal, change_id: str) -> ChangeRecord:
+        """The change, when it is within the caller's reviewer scope (to approve, resolve, retry it as a reviewer or
+        operator); NotFoundError otherwise (or when they may not see it at all)."""
+        record = self.record(principal, change_id)
+        if not self._reviews(principal, record):
+            raise ForbiddenError("The change is outside the targets you review")
+        return record
+
+    def _reviews(self, principal: Principal, record: ChangeRecord) -> bool:
+        if not any(r in principal.roles for r in READ_ROLES):
+            return False
         scope = self.scope(principal)
         return scope is None or record.target in scope
 
@@ -84,3 +95,12 @@ def _cross_origin(headers: Mapping[str, str], base_url: str) -> bool:
         return site not in ("same-origin", "none")
     origin = lowered.get("origin", "").strip().lower().rstrip("/")
     return bool(origin) and origin != base_url.strip().lower().rstrip("/")
+
+
+def _submitted(principal: Principal, record: ChangeRecord) -> bool:
+    """The caller submitted it: the same person, or the app itself when no person is acting."""
+    if ROLE_SUBMIT not in principal.roles:
+        return False
+    if principal.user_id is not None:
+        return record.requested_by.user_id == principal.user_id
+    return record.requested_by.app_id == principal.app_id

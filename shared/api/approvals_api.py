@@ -53,7 +53,7 @@ class ApprovalsApi:
             principal = self._access.acting(headers, base_url)
             require_role(principal, ROLE_APPROVE)
             request = parse_body(ApprovalRequest, state_changing_body(headers, body), what="a valid approval decision")
-            self._access.record(principal, change_id)
+            self._access.reviewed(principal, change_id)
             record = self._approvals.decide(change_id, request.decision, Approver.of(principal), request.comment)
             return _decided(record, base_url)
 
@@ -69,6 +69,8 @@ class ApprovalsApi:
             state_changing_body(headers, body)
             self._access.record(principal, change_id)
             as_operator = ROLE_OPERATE in principal.roles
+            if as_operator:
+                self._access.reviewed(principal, change_id)
             if not as_operator:
                 require_role(principal, ROLE_SUBMIT)
             record = self._approvals.cancel(change_id, principal, as_operator=as_operator)

@@ -29,7 +29,7 @@ class OperationsApi:
             principal = self._access.acting(headers, base_url)
             state_changing_body(headers, body)
             require_role(principal, ROLE_OPERATE)
-            self._access.record(principal, change_id)
+            self._access.reviewed(principal, change_id)
             return still_running(status_body(self._operations.retry(change_id, principal.actor), base_url))
 
         return answer(action, f"/api/v1/changes/{change_id}/retry")
@@ -38,7 +38,7 @@ class OperationsApi:
         def action() -> ApiResponse:
             principal = self._access.acting(headers, base_url)
             require_role(principal, ROLE_APPROVE)
-            self._access.record(principal, change_id)
+            self._access.reviewed(principal, change_id)
             request = parse_body(ResolveRequest, state_changing_body(headers, body), what="a valid resolution")
             if request.action == "discard":
                 record = self._operations.discard(change_id, principal.actor, comment=request.comment)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -80,15 +80,17 @@ class Approver:
     name: str | None
     via: Literal["api", "callback"]
     claimed: str | None = None
+    app_itself: str | None = None  # the app id, when an app decides as itself (no person)
 
     @classmethod
     def of(cls, principal: Principal, via: Literal["api", "callback"] = "api") -> Approver:
-        return cls(principal.actor, principal.display_name, via)
+        app_itself = principal.app_id if principal.user_id is None else None
+        return cls(principal.actor, principal.display_name, via, app_itself=app_itself)
 
     @classmethod
     def link_holder(cls, claimed: str | None, principal: Principal | None) -> Approver:
         if principal is not None:
-            return cls(principal.actor, principal.display_name, "callback", claimed)
+            return replace(cls.of(principal, "callback"), claimed=claimed)
         return cls(LINK_ACTOR, None, "callback", claimed)
 
 
@@ -161,8 +163,10 @@ class ApprovalService:
         change_id = record.change_id
         wanted = "approved" if decision == "approve" else "rejected"
         approval = record.approval or ApprovalState()
-        if approver.id == requester_id(record):
-            raise SelfApprovalError("An approver must be someone other than the requester")
+        if approver.id == requester_id(record) or approver.app_itself == record.requested_by.app_id:
+            raise SelfApprovalError(
+                "An approver must be someone other than the requester, and not the requesting app acting as itself"
+            )
         decided = approval.model_copy(
             update={
                 "decision": wanted,
