@@ -4,9 +4,9 @@
     python -m tools.sign_in --client crm --user riley@writeback.example   # crm acting for Riley (delegated, scp)
 
 Reads the provider's issuer, the site's client id and the client secrets from ``.local/endpoints.json`` (``openId``,
-written by ``make services`` / ``make run``) and prints the access token, for
-``curl -H "Authorization: Bearer $(python -m tools.sign_in --client crm)" ...`` against a gateway run with
-``EASYAUTH=1``. A person is chosen by oid or user name, as on the provider's sign-in form.
+written by ``make services`` / ``make run``; ``WRITEBACK_DEV_STATE_DIR`` moves ``.local``) and prints the access
+token, for ``curl -H "Authorization: Bearer $(python -m tools.sign_in --client crm)" ...`` against a gateway run
+with ``EASYAUTH=1``. A person is chosen by oid or user name, as on the provider's sign-in form.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from devhost.endpoints import ENDPOINTS_FILE, read_endpoints
+from devhost.endpoints import read_endpoints
 
 
 def discovery(issuer: str) -> dict[str, Any]:
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.sign_in", description=__doc__.split("\n\n")[0])
     parser.add_argument("--client", required=True, help="the calling app's client id (config/demo-users.yaml)")
     parser.add_argument("--user", help="act for this person (oid or user name): a delegated token")
-    parser.add_argument("--endpoints", type=Path, default=ENDPOINTS_FILE)
+    state = Path(os.environ.get("WRITEBACK_DEV_STATE_DIR", Path(__file__).resolve().parents[1] / ".local"))
+    parser.add_argument("--endpoints", type=Path, default=state / "endpoints.json")
     parser.add_argument("--directory", type=Path, default=DEFAULT_DIRECTORY)
     args = parser.parse_args(argv)
     openid = read_endpoints(args.endpoints).get("openId")
