@@ -51,7 +51,14 @@ ifdef INSTANCES
 export WRITEBACK_DEV_INSTANCES := $(INSTANCES)
 endif
 
-# Everything in the foreground: Azurite, the FHIR server, the token endpoint and the gateway. Ctrl-C stops all.
+# `make run EASYAUTH=1` (or `make gateway EASYAUTH=1`) puts the App Service Authentication emulation in front of the
+# gateway: sign-in through the local OpenID provider, and client-sent X-MS-CLIENT-PRINCIPAL headers ignored.
+ifdef EASYAUTH
+export WRITEBACK_DEV_EASYAUTH := $(EASYAUTH)
+endif
+
+# Everything in the foreground: Azurite, the FHIR server, the token endpoint, the OpenID provider and the gateway.
+# Ctrl-C stops all.
 run: setup
 	$(PY) -m tools.services --with-gateway
 

@@ -33,6 +33,11 @@ def gateway_environment(endpoints: dict[str, Any]) -> dict[str, str]:
     }
     for target, url in endpoints["fhir"].items():
         env[env_override_name(target)] = url
+    openid = endpoints.get("openId")
+    if openid:  # the local OpenID provider, for the App Service Authentication emulation (WRITEBACK_DEV_EASYAUTH=1)
+        env["WRITEBACK_DEV_EASYAUTH_ISSUER"] = openid["issuer"]
+        env["WRITEBACK_DEV_EASYAUTH_CLIENT_ID"] = openid["clientId"]
+        env["WRITEBACK_DEV_EASYAUTH_CLIENT_SECRETS_FILE"] = openid["clientSecretsFile"]
     return env
 
 

@@ -10,6 +10,9 @@ Settings: ``local.settings.json`` ``Values`` (when present) are put into the env
 does; variables already set win. The app is told where the runtime is through ``WRITEBACK_LOCAL_RUNTIME_URL`` (the
 shared URL), so its message publisher can enqueue into the local Service Bus: every instance serves the queue's
 routes, on its private port and, with the HTTP group, on the shared one.
+
+With ``WRITEBACK_DEV_EASYAUTH=1`` each instance puts the App Service Authentication emulation (``devhost.easyauth``)
+in front of its HTTP server, configured from the same files and key as the others.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from starlette.types import ASGIApp
+
+from devhost import easyauth
 from devhost.app_index import AppIndex, load_app
 from devhost.durable.client_api import client_binding_json, durable_routes
 from devhost.durable.engine import DurableEngine
@@ -113,13 +119,15 @@ class LocalRuntime:
         def own_client_json() -> str:  # functions not triggered by HTTP reach the durable API on this instance
             return client_binding_json(self.base_url, task_hub)
 
-        app = build_asgi_app(
+        app: ASGIApp = build_asgi_app(
             self.index,
             route_prefix=route_prefix_from(host_json),
             extra_routes=[*durable_routes(self.engine), *queue_routes(self.bus)],
             durable_client_json=lambda base: client_binding_json(base, task_hub),
             functions=HTTP in self.groups,
         )
+        if easyauth.enabled():
+            app = easyauth.protect(app, app_dir=self.app_dir, state_dir=self.state_dir)
         shared = self.shared_port if HTTP in self.groups else None
         server = serve(app, host="127.0.0.1", port=self.port, shared_port=shared)
         if DURABLE in self.groups:

@@ -2,8 +2,12 @@
 
 Static files from ``review_assets/`` next to this module; the page itself holds no data. The browser calls the
 change API (``/api/v1/changes...``), which authenticates and authorises every call: in Azure, App Service
-Authentication (Easy Auth) turns the browser's session cookie into ``X-MS-CLIENT-PRINCIPAL`` on each request;
-locally, the page's "local sign-in" panel builds that header itself. So these functions need no identity.
+Authentication (Easy Auth) turns the browser's session cookie into ``X-MS-CLIENT-PRINCIPAL`` on each request. So
+these functions need no identity, and ``/review`` and ``/review/assets/*`` are in Easy Auth's ``excludedPaths``
+(``infra/app/easyauth.json``): a signed-out person gets the page, which asks ``/.auth/me`` and sends them to
+``/.auth/login/aad?post_login_redirect_uri=/review``. Locally the same happens under the emulation
+(``WRITEBACK_DEV_EASYAUTH=1``); without it there is no ``/.auth/me`` and the page's "local sign-in" panel builds
+the header itself.
 
 Every answer carries a strict Content-Security-Policy (this origin only; no inline script or style, no eval,
 Trusted Types with no policy so no HTML-string sink can be used), ``Cache-Control: no-store``,

@@ -9,10 +9,16 @@ const STORE_KEY = "writeback.review.principal";
 const ROLE_CLAIM = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role";
 const OID_CLAIM = "http://schemas.microsoft.com/identity/claims/objectidentifier";
 const SCOPE_CLAIM = "http://schemas.microsoft.com/identity/claims/scope";
+// App Service Authentication's own endpoints
+// (learn.microsoft.com/azure/app-service/configure-authentication-customize-sign-in-out).
+const SIGN_IN = "/.auth/login/aad?post_login_redirect_uri=/review";
+const ME = "/.auth/me";
+const LOOPBACK = ["localhost", "127.0.0.1", "[::1]"].includes(location.hostname);
 
 const $ = (id) => document.getElementById(id);
 let selected = null;
 const tokens = {};
+let session = null; // this browser's entry of /.auth/me, when App Service Authentication signed it in
 
 function el(tag, text, attrs) {
   const node = document.createElement(tag);
@@ -49,11 +55,44 @@ function encodePrincipal(app, user, roles) {
   return btoa(binary);
 }
 
+// App Service Authentication answers /.auth/me itself: 200 with the signed-in person, 401 when signed out. Anything
+// else (the app's 404) means it is not in front of the app: a local run, where the local sign-in panel applies.
+async function appServiceSession() {
+  let resp;
+  try {
+    resp = await fetch(ME, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
+  } catch (e) {
+    return { state: "absent" };
+  }
+  if (resp.status === 401) return { state: "signed-out" };
+  if (!resp.ok) return { state: "absent" };
+  const body = await resp.json().catch(() => null);
+  const entry = Array.isArray(body) ? body[0] : null;
+  return entry ? { state: "signed-in", entry: entry } : { state: "signed-out" };
+}
+
+function claimValues(entry, type) {
+  return (entry.user_claims || []).filter((c) => c.typ === type).map((c) => c.val);
+}
+
+function signIn() {
+  $("who").textContent = "Not signed in: going to the sign-in page…";
+  location.assign(SIGN_IN);
+}
+
 function localIdentity() {
   try { return JSON.parse(sessionStorage.getItem(STORE_KEY) || "null"); } catch (e) { return null; }
 }
 
 function showIdentity() {
+  if (session) {
+    const name = claimValues(session, "name")[0] || session.user_id;
+    const roles = claimValues(session, ROLE_CLAIM);
+    $("who").textContent = `Signed in as ${name} (${session.user_id}) — roles: ${roles.join(", ") || "none"}`;
+    $("signout-session").hidden = false;
+    $("local-signin").hidden = true;
+    return;
+  }
   const id = localIdentity();
   $("who").textContent = id
     ? `Signed in locally as ${id.user || "(app only)"} via ${id.app} — roles: ${id.roles.join(", ") || "none"}`
@@ -71,10 +110,15 @@ async function api(path, options) {
   const headers = { Accept: "application/json" };
   const id = localIdentity();
   if (id) headers["X-MS-CLIENT-PRINCIPAL"] = id.header;
-  const init = Object.assign({ credentials: "same-origin", cache: "no-store" }, options || {});
+  // Same-origin calls carry the page's origin: under the page's no-referrer policy a POST would say "Origin: null",
+  // which App Service's check of cookie-authenticated POSTs could refuse (Azure/azure-functions-host#1602).
+  const defaults = { credentials: "same-origin", cache: "no-store", referrerPolicy: "same-origin" };
+  const init = Object.assign(defaults, options || {});
   if (init.body !== undefined) headers["Content-Type"] = "application/json";
   init.headers = headers;
   const resp = await fetch(path, init);
+  // Signed out (a session that ended, or App Service Authentication without /.auth/me): sign in again.
+  if (resp.status === 401 && (session || (!id && !LOOPBACK))) signIn();
   const body = await resp.json().catch(() => null);
   if (!resp.ok) {
     const p = body && typeof body === "object" ? body : {};
@@ -183,6 +227,10 @@ function emptyRow(text) {
 
 const OLD_LABEL = { replace: "(replaced)", remove: "(removed)", add: "(added)" };
 
+function decider(approval) {
+  return approval.decidedByName ? `${approval.decidedByName} (${approval.decidedBy})` : approval.decidedBy;
+}
+
 function renderDetail(c) {
   const plan = c.plan || {};
   const approval = c.approval || {};
@@ -195,7 +243,7 @@ function renderDetail(c) {
     ["Submitted", when(c.submittedAt)], ["Updated", when(c.updatedAt)],
     ["Policy decision", plan.decision], ["Policy version", plan.policyVersion], ["Base version", plan.baseVersion],
     ["Current version", plan.currentVersion], ["Approval expires", approval.expiresAt && when(approval.expiresAt)],
-    ["Approval", approval.decision && `${approval.decision} by ${approval.decidedBy} at ${when(approval.decidedAt)}`],
+    ["Approval", approval.decision && `${approval.decision} by ${decider(approval)} at ${when(approval.decidedAt)}`],
     ["Approver's comment", approval.comment],
   ];
   for (const [k, v] of rows) if (v) facts.append(el("dt", k), el("dd", v));
@@ -286,9 +334,12 @@ async function resolve(action) {
 
 // --- wiring ---------------------------------------------------------------------------------------------------
 
-document.addEventListener("DOMContentLoaded", () => {
-  const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(location.hostname);
-  $("local-signin").open = loopback && !localIdentity();
+document.addEventListener("DOMContentLoaded", async () => {
+  $("local-signin").open = LOOPBACK && !localIdentity();
+  showIdentity();
+  const me = await appServiceSession();
+  if (me.state === "signed-out") return signIn();
+  session = me.state === "signed-in" ? me.entry : null;
   showIdentity();
   $("signin-form").addEventListener("submit", (event) => {
     event.preventDefault();

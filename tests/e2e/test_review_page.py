@@ -1,17 +1,15 @@
 """The approvers' review page (``GET /review``) in headless Chromium against the gateway in the local runtime.
 
 Chromium comes from the distribution (``apt-get install chromium``), driven by Python ``playwright``; nothing is
-downloaded. Without Chromium (or playwright) the browser tests are skipped, unless ``CI`` is set: then they fail.
+downloaded (``tests/e2e/browser.py``). Here the gateway runs without the App Service Authentication emulation, so the
+page's "local sign-in" panel identifies the reviewer; ``test_sign_in.py`` signs in through the emulation.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,67 +18,24 @@ import pytest
 
 from shared.api.caller_identity import encode_easyauth_principal
 from shared.app.approvals import SelfApprovalError
+from tests.e2e.browser import Tab, chromium, open_tab
 from tests.e2e.conftest import Gateway
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 APPROVER = {"app": "review-portal", "user": "approver-9", "roles": "Writeback.Approve"}
-TIMEOUT_MS = 15_000
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        _unavailable("no `chromium` on PATH: install it with `apt-get install -y chromium`")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the `playwright` package is not installed (requirements-dev.txt)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@dataclass
-class Tab:
-    """One browser page, with what it logged as errors and every URL it requested."""
-
-    page: Any
-    errors: list[str] = field(default_factory=list)
-    urls: list[str] = field(default_factory=list)
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def tab(browser: Any) -> Iterator[Tab]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    tab = Tab(context.new_page())
-    tab.page.set_default_timeout(TIMEOUT_MS)
-    tab.page.on("console", lambda msg: tab.errors.append(msg.text) if msg.type == "error" else None)
-    tab.page.on("pageerror", lambda exc: tab.errors.append(f"page error: {exc}"))
-    tab.page.on("request", lambda req: tab.urls.append(req.url))
-    try:
-        yield tab
-    finally:
-        context.close()
+    with open_tab(browser) as opened:
+        yield opened
 
 
 def sign_in(page: Any, app: str, user: str, roles: str) -> None:

@@ -315,7 +315,13 @@ def test_easy_auth_requires_entra_id(parsed: dict[str, dict[str, Any]]) -> None:
     assert loaded == ["load_json_content", "easyauth.json"], "the settings come from the file the emulation reads"
     settings = json.loads((INFRA / "app" / "easyauth.json").read_text())
     assert settings["unauthenticatedClientAction"] == "Return401"
-    assert settings["excludedPaths"] == ["/api/v1/health", "/api/v1/health/live", "/api/v1/callbacks/approval"]
+    assert settings["excludedPaths"] == [
+        "/api/v1/health",
+        "/api/v1/health/live",
+        "/api/v1/callbacks/approval",
+        "/review",  # the page holds no data; it sends a signed-out person to /.auth/login/aad
+        "/review/assets/*",
+    ]
     # App Service matches excluded paths exactly, or by a trailing /* only (no wildcard inside a path).
     assert all("*" not in p.removesuffix("/*") for p in settings["excludedPaths"])
     aad = auth["properties"]["identityProviders"]["azureActiveDirectory"]

@@ -26,7 +26,7 @@ def test_picked_ports_are_outside_the_ephemeral_range() -> None:
     assert not [p for p in ports.values() if p in ephemeral]
     azurite = ports["WRITEBACK_DEV_AZURITE_PORT"]
     others = {v for k, v in ports.items() if k != "WRITEBACK_DEV_AZURITE_PORT"}
-    assert len(others) == 3
+    assert len(others) == 4  # the API, the FHIR server, the token endpoint, the OpenID provider
     assert not others & {azurite, azurite + 1, azurite + 2}
 
 

@@ -1,11 +1,14 @@
-"""`make services` / `make run`: start Azurite, the local token endpoint and the local FHIR server in the foreground;
-with ``--with-gateway`` (``make run``) also the gateway itself in the local runtime, on ``WRITEBACK_DEV_INSTANCES``
-instances (``make run INSTANCES=2``). Variables already set in the environment win over the services' values.
+"""`make services` / `make run`: start Azurite, the local token endpoint, the local FHIR server and the local OpenID
+provider in the foreground; with ``--with-gateway`` (``make run``) also the gateway itself in the local runtime, on
+``WRITEBACK_DEV_INSTANCES`` instances (``make run INSTANCES=2``), behind the App Service Authentication emulation when
+``WRITEBACK_DEV_EASYAUTH=1`` (``make run EASYAUTH=1``). Variables already set in the environment win over the
+services' values.
 
-Ports come from WRITEBACK_DEV_FHIR_PORT (8103), WRITEBACK_DEV_TOKEN_PORT (8104) and WRITEBACK_DEV_AZURITE_PORT
-(10000; queue and table on the next two). Azurite keeps its data under .local/azurite; the FHIR server keeps its
-data in memory, so it starts empty each time. The URLs are printed and written to .local/endpoints.json.
-Ctrl-C (or SIGTERM) stops everything.
+Ports come from WRITEBACK_DEV_FHIR_PORT (8103), WRITEBACK_DEV_TOKEN_PORT (8104), WRITEBACK_DEV_OPENID_PORT (8105) and
+WRITEBACK_DEV_AZURITE_PORT (10000; queue and table on the next two). Azurite keeps its data under .local/azurite and
+the OpenID provider its key and client secrets under .local/openid; the FHIR server keeps its data in memory, so it
+starts empty each time. The URLs are printed and written to .local/endpoints.json. Ctrl-C (or SIGTERM) stops
+everything.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from devhost.easyauth.config import enabled as easyauth_enabled
 from devhost.endpoints import apply_gateway_environment
 from devhost.launch import launch
 from devhost.supervisor import Supervisor
 from tools.services.azurite import start_azurite
 from tools.services.fhir_server import start_fhir_server
+from tools.services.openid_provider import start_openid_provider
 from tools.services.process import REPO_ROOT
 from tools.services.seed import bearer_token, seed_patients
 from tools.services.token_endpoint import start_token_endpoint
@@ -71,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             _port("WRITEBACK_DEV_FHIR_PORT", 8103), jwks_url=token.jwks_url, audience=FHIR_AUDIENCE, log_dir=log_dir
         )
         stopping.append(fhir.stop)
+        openid = start_openid_provider(
+            _port("WRITEBACK_DEV_OPENID_PORT", 8105), state_dir=LOCAL_DIR / "openid", log_dir=log_dir
+        )
+        stopping.append(openid.stop)
         endpoints = {
             "api": f"http://127.0.0.1:{os.environ.get('WRITEBACK_DEV_PORT', '7071')}/api/v1",
             "fhir": {FHIR_TARGET: fhir.base_url},
@@ -78,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             "identityEndpoint": token.url,
             "identityHeader": token.identity_header,
             "storageConnectionString": azurite.connection_string,
+            "openId": openid.endpoints_entry(),
         }
         seeded = seed_patients(fhir.base_url, bearer_token(token.url, token.identity_header, FHIR_AUDIENCE))
-        LOCAL_DIR.mkdir(exist_ok=True)
-        path = LOCAL_DIR / "endpoints.json"
-        path.write_text(json.dumps(endpoints, indent=2) + "\n")
         if args.with_gateway:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             logging.getLogger("azure").setLevel(logging.WARNING)
@@ -91,15 +98,26 @@ def main(argv: list[str] | None = None) -> int:
             stopping.append(runtime.stop)
             instances = f", {len(runtime.instances)} instances" if isinstance(runtime, Supervisor) else ""
             print(f"Gateway API        {endpoints['api']}  (health: {endpoints['api']}/health{instances})")
+            review = str(endpoints["api"]).removesuffix("/api/v1") + "/review"
+            if easyauth_enabled():
+                print(f"Review page        {review}  (App Service Authentication emulated: sign in as a demo user)")
+            else:
+                print(f"Review page        {review}  (no sign-in: EASYAUTH=1 emulates App Service Authentication)")
+        # Written once everything, the gateway's instances included, is ready: a script that waits for the file
+        # finds the whole stack answering.
+        LOCAL_DIR.mkdir(exist_ok=True)
+        path = LOCAL_DIR / "endpoints.json"
+        path.write_text(json.dumps(endpoints, indent=2) + "\n")
         print(f"Azurite (tables)   {azurite.table_url}")
         print(f"Azurite (blobs)    {azurite.blob_url}")
         print(f"Token endpoint     {token.url}")
         print(f"FHIR server        {fhir.base_url}  (audience {FHIR_AUDIENCE}, data in memory)")
+        print(f"OpenID provider    {openid.issuer}  (demo users: config/demo-users.yaml)")
         print(f"Seeded             {', '.join(seeded)}")
         print(f"Endpoints file     {path}")
         print(f"Logs               {log_dir}/")
         print("Ctrl-C stops everything.", flush=True)
-        while all(s.process.alive() for s in (azurite, token, fhir)):
+        while all(s.process.alive() for s in (azurite, token, fhir, openid)):
             time.sleep(0.5)
         print("a service exited; stopping the others", file=sys.stderr)
         return 1

@@ -77,12 +77,13 @@ def free_port() -> int:
 
 
 def dev_ports() -> dict[str, int]:
-    """Distinct free ports for a whole local stack (API, FHIR, token endpoint, Azurite's three), as environment
-    settings. Chosen together so that a port picked for one service is never inside Azurite's block."""
+    """Distinct free ports for a whole local stack (API, FHIR, token endpoint, OpenID provider, Azurite's three), as
+    environment settings. Chosen together so that a port picked for one service is never inside Azurite's block."""
     azurite = free_port_block(3)
     taken = {azurite, azurite + 1, azurite + 2}
     ports: dict[str, int] = {"WRITEBACK_DEV_AZURITE_PORT": azurite}
-    for name in ("WRITEBACK_DEV_PORT", "WRITEBACK_DEV_FHIR_PORT", "WRITEBACK_DEV_TOKEN_PORT"):
+    names = ("WRITEBACK_DEV_PORT", "WRITEBACK_DEV_FHIR_PORT", "WRITEBACK_DEV_TOKEN_PORT", "WRITEBACK_DEV_OPENID_PORT")
+    for name in names:
         port = free_port()
         while port in taken:
             port = free_port()
