@@ -680,7 +680,7 @@ def test_forged_continuation_tokens_never_fail_nor_widen_a_query(
 def test_a_submitting_app_cannot_list_or_read_another_apps_change_through_hostile_params(
     gateway: Gateway,
 ) -> None:
-    other = gateway.submit(VALID, app="faults-other-app").json()["changeId"]
+    other = gateway.submit(VALID, app="faults-other-app", user="someone-else").json()["changeId"]
     for_submitter = gateway.headers()
     listing = httpx.get(
         f"{gateway.api}/changes", params={"target": "x' or 1 eq 1 or Target eq '"}, headers=for_submitter, timeout=30
