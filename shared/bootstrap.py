@@ -327,7 +327,10 @@ class Gateway:
                 jwks_url=settings.jwt_jwks_url,
             )
             return Authenticator("jwt", jwt=validator)
-        return Authenticator("easyauth")
+        in_azure = settings.website_site_name is not None
+        return Authenticator(
+            "easyauth", front_verified=not in_azure or settings.website_auth_enabled or settings.trusted_front
+        )
 
     @cached_property
     def access(self) -> Access:

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     approval_signing_keys: SecretStr | None = None
     public_base_url: str | None = None
     trusted_forwarded_hosts: str | None = None  # comma-separated hosts whose X-Forwarded-Host is believed
+    # Set by the platform (App Service's environment variables reference): the app runs in Azure, and whether
+    # App Service Authentication is on. WRITEBACK_TRUSTED_FRONT declares another front that sets the principal.
+    website_site_name: str | None = Field(default=None, validation_alias=AliasChoices("WEBSITE_SITE_NAME"))
+    website_auth_enabled: bool = Field(default=False, validation_alias=AliasChoices("WEBSITE_AUTH_ENABLED"))
+    trusted_front: bool = False
     sweep_after_seconds: int = Field(default=60, gt=0)
     intake_stale_after_seconds: float = Field(default=30, gt=0)
     retry_deadline_minutes: float = Field(default=60, gt=0)

@@ -64,8 +64,12 @@ var baseAppSettings = {
   AZURE_CLIENT_ID: identityClientId
   WRITEBACK_TASK_HUB: taskHubName
   WRITEBACK_QUEUE_NAME: queueName
-  // Trusts X-MS-CLIENT-PRINCIPAL: safe only because authsettingsV2 below requires authentication.
+  // Trusts X-MS-CLIENT-PRINCIPAL: safe only because authsettingsV2 below requires authentication (and in Azure the
+  // gateway also checks the platform's WEBSITE_AUTH_ENABLED before believing it).
   WRITEBACK_AUTH_MODE: 'easyauth'
+  // The host's own request limit (100 MB by default): the API's largest body is a change request of
+  // WRITEBACK_MAX_BODY_BYTES (1 MiB), so 2 MiB leaves the gateway's 413 problem to answer.
+  FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: '2097152'
   // The site cannot read its own defaultHostName here; the name gives the same host unless a custom domain is added.
   WRITEBACK_PUBLIC_BASE_URL: 'https://${name}.azurewebsites.net'
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString

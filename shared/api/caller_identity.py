@@ -52,7 +52,7 @@ import httpx
 import jwt
 from jwt import PyJWK
 
-from shared.core.errors import ConfigurationError, ForbiddenError, UnauthenticatedError
+from shared.core.errors import ConfigurationError, ForbiddenError, FrontNotVerifiedError, UnauthenticatedError
 from shared.core.models import Principal
 
 ROLE_SUBMIT = "Writeback.Submit"
@@ -438,16 +438,26 @@ def _bearer_token(value: str | None) -> str | None:
 class Authenticator:
     """Turns a request's headers into the caller's ``Principal`` in the configured mode."""
 
-    def __init__(self, mode: AuthMode, *, jwt: JwtValidator | None = None) -> None:
+    def __init__(self, mode: AuthMode, *, jwt: JwtValidator | None = None, front_verified: bool = True) -> None:
+        """``front_verified=False``: the ``easyauth`` mode may not believe the header (in Azure with no sign of
+        App Service Authentication in front): every call is refused with 503 rather than served as anyone."""
         if mode not in ("easyauth", "jwt"):
             raise ConfigurationError(detail=f"unknown auth mode {mode!r}; expected 'easyauth' or 'jwt'")
         if mode == "jwt" and jwt is None:
             raise ConfigurationError(detail="auth mode 'jwt' needs a JwtValidator")
         self.mode: AuthMode = mode
         self._jwt = jwt
+        self._front_verified = front_verified
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
         """The caller, or ``UnauthenticatedError`` (audited once)."""
+        if self.mode == "easyauth" and not self._front_verified:
+            _audit.error("easyauth mode without App Service Authentication", extra={"audit": {"event": "auth.front"}})
+            raise FrontNotVerifiedError(
+                "The gateway runs in Azure in the easyauth mode, but App Service Authentication is not known to be "
+                "on (WEBSITE_AUTH_ENABLED is not True): turn it on, use WRITEBACK_AUTH_MODE=jwt, or set "
+                "WRITEBACK_TRUSTED_FRONT=true if another front sets X-MS-CLIENT-PRINCIPAL and strips a client's"
+            )
         if self.mode == "easyauth":
             return principal_from_easyauth(
                 _header(headers, EASYAUTH_PRINCIPAL_HEADER),

@@ -118,6 +118,15 @@ class ForbiddenError(RequestError):
 
 
 @dataclass(eq=False)
+class FrontNotVerifiedError(WritebackError):
+    """In Azure, the ``easyauth`` mode with no sign that App Service Authentication is in front."""
+
+    status: ClassVar[int] = 503
+    code: ClassVar[str] = "easy-auth-not-verified"
+    title: ClassVar[str] = "App Service Authentication is not known to be on"
+
+
+@dataclass(eq=False)
 class GoneError(RequestError):
     """An endpoint that moved for good; the detail says where."""
 
