@@ -21,6 +21,8 @@ from collections.abc import Callable, Container
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from pydantic import ValidationError
+
 from shared.app.journal import ChangeJournal, Step, utcnow
 from shared.app.writer import FhirWriter, verify
 from shared.core.canonical import canonical_hash
@@ -42,6 +44,7 @@ from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, Operat
 from shared.core.planning import PatchApplyError, Plan, PlanConflictError, plan_change
 from shared.core.policy import Policy
 from shared.core.ports import FhirClient, PayloadStore
+from shared.core.problems import pointer
 from shared.core.record_parts import ApprovalState, ChangePlan, ChangeResult, PlanConflict, StoredProblem
 from shared.core.targets import TargetConfig, TargetRegistry
 from shared.core.telemetry import conflicts, retries, write_latency
@@ -52,6 +55,19 @@ RUNNING_STATUSES = frozenset(s for s in ChangeStatus if not s.is_terminal)
 
 class RetriesExhaustedError(PermanentError):
     title = "Retries exhausted"
+
+
+class StepFailedError(PermanentError):
+    code = "step-failed"
+    title = "A step of the change failed"
+
+
+def failure_summary(exc: BaseException) -> str:
+    """An exception reduced to its type and, for a validation error, the field paths: never the values."""
+    if isinstance(exc, ValidationError):
+        paths = sorted({pointer(tuple(e.get("loc", ()))) or "/" for e in exc.errors(include_input=False)})
+        return f"{type(exc).__name__} at {', '.join(paths)}"
+    return type(exc).__name__
 
 
 class PolicyDeniedError(ForbiddenError):
@@ -136,6 +152,12 @@ class ChangePipeline:
                 # Lineage shows the wait, and the record's updatedAt shows the change is alive, not stuck.
                 record = self.journal.record(record, [Step("waiting-to-retry", {**details, "attempt": attempt + 1})])
             return {"changeId": change_id, "status": record.status.value, "retry": True, **details}
+        except WritebackError:
+            raise
+        except Exception as exc:
+            # Not ours: its message may quote the values it choked on (pydantic's do), and an activity's exception
+            # goes into the Durable history and the host's logs. Only its type and the field paths go on.
+            raise StepFailedError(detail=failure_summary(exc)) from None
 
     def _request(self, record: ChangeRecord) -> ChangeRequest:
         return ChangeRequest.model_validate_json(self.payloads.get(record.payload))

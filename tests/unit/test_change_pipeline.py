@@ -28,7 +28,7 @@ from shared.app.dispatch import should_start
 from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
 from shared.app.operations import OperationsService
-from shared.app.pipeline import ChangePipeline
+from shared.app.pipeline import ChangePipeline, StepFailedError
 from shared.core.errors import NotFoundError, RetryableError
 from shared.core.models import ChangeMessage, LineageEvent, Principal
 from shared.core.policy import Policy
@@ -487,6 +487,22 @@ def test_a_target_without_if_match_refuses_an_update_before_anyone_is_asked_to_a
     record = gw.wire(change_id)
     assert record["error"]["type"].endswith("if-match-unavailable") and "approval" not in record
     assert len(gw.history()) == 1
+
+
+def test_a_step_that_chokes_on_a_value_raises_without_the_value(gw: Gateway) -> None:
+    """An activity's exception goes into the Durable history and the host's logs: never a value of the change."""
+    change_id = gw.submit(patch_telecom())
+    record = gw.journal.load(change_id, fresh=True)
+    canary = "555-CANARY-0199"
+    body = {**patch_telecom(), "patch": [{"op": "replace", "path": canary, "value": canary}]}
+    stored = gw.payloads.put(change_id, json.dumps(body).encode(), name="request")
+    gw.journal.record(record, [], payload=stored)
+
+    with pytest.raises(StepFailedError) as failed:
+        gw.pipeline.prepare(change_id)
+    text = str(failed.value) + repr(failed.value) + str(failed.value.detail)
+    assert canary not in text and "ValidationError at /patch/0/path" in text
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
 
 
 def test_prepare_again_answers_the_state_the_change_reached(gw: Gateway) -> None:
