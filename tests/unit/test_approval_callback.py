@@ -20,13 +20,11 @@ from pydantic import SecretStr
 from shared.api.caller_identity import encode_easyauth_principal
 from shared.app.approvals import round_of
 from shared.app.journal import Step
-from shared.bootstrap import Gateway, build
-from shared.config import Settings
+from shared.bootstrap import Gateway
 from shared.core.models import ChangeStatus
 from shared.core.record_parts import ApprovalState, ChangePlan
 from shared.fakes.approval_nonces import FakeApprovalNonceStore
-from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeSweepState
+from tests.fake_gateway import fake_gateway
 from tests.records import a_change_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,16 +35,9 @@ DIFF = [{"op": "replace", "path": "/name/0/family", "value": "Doe-Smith"}]
 
 @pytest.fixture
 def gw() -> Gateway:
-    return build(
-        Settings(
-            targets_file=REPO / "config" / "targets.yaml",
-            policy_file=REPO / "config" / "policy.yaml",
-            approval_signing_keys=SecretStr(f"k1:{KEY}"),
-        ),
-        change_store=FakeChangeStore(),
-        sweep_state=FakeSweepState(),
+    return fake_gateway(
+        settings={"approval_signing_keys": SecretStr(f"k1:{KEY}")},
         approval_nonces=FakeApprovalNonceStore(),
-        publisher=FakeMessagePublisher(),
         clock=lambda: NOW,
     )
 

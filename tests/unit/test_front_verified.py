@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.api.caller_identity import encode_easyauth_principal
-from shared.bootstrap import build
-from shared.config import Settings
-from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
+from tests.fake_gateway import fake_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 FORGED = {
@@ -40,15 +37,7 @@ def test_easyauth_mode_believes_the_header_only_behind_a_known_front(
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    gateway = build(
-        Settings(targets_file=REPO / "config" / "targets.yaml", policy_file=REPO / "config" / "policy.yaml"),
-        change_store=FakeChangeStore(),
-        idempotency_store=FakeIdempotencyStore(),
-        payload_store=FakePayloadStore(),
-        publisher=FakeMessagePublisher(),
-        sweep_state=FakeSweepState(),
-    )
-    answer = gateway.changes_api.get_change(FORGED, "no-such-change", "http://gw")
+    answer = fake_gateway().changes_api.get_change(FORGED, "no-such-change", "http://gw")
     assert answer.status == status, answer.body
     if status == 503:
         assert answer.body["type"].endswith("easy-auth-not-verified")

@@ -14,13 +14,9 @@ import pytest
 import yaml
 
 from shared.api.caller_identity import encode_easyauth_principal
-from shared.app.journal import Step
-from shared.bootstrap import Gateway, build
-from shared.config import Settings
+from shared.bootstrap import Gateway
 from shared.core.models import ChangeStatus
-from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
-from tests.records import a_change_record
+from tests.fake_gateway import fake_gateway, with_change_awaiting_approval
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -45,18 +41,10 @@ def gw(tmp_path: Path) -> Gateway:
     targets["targets"]["another-ehr"] = targets["targets"]["local-ehr"]
     (tmp_path / "targets.yaml").write_text(yaml.safe_dump(targets))
     (tmp_path / "policy.yaml").write_text((REPO / "config" / "policy.yaml").read_text() + REVIEWERS)
-    gateway = build(
-        Settings(targets_file=tmp_path / "targets.yaml", policy_file=tmp_path / "policy.yaml"),
-        change_store=FakeChangeStore(),
-        idempotency_store=FakeIdempotencyStore(),
-        payload_store=FakePayloadStore(),
-        sweep_state=FakeSweepState(),
-        publisher=FakeMessagePublisher(),
-        clock=lambda: NOW,
+    gateway = fake_gateway(
+        targets_file=tmp_path / "targets.yaml", policy_file=tmp_path / "policy.yaml", clock=lambda: NOW
     )
-    opened = gateway.journal.open(a_change_record("c1", status=ChangeStatus.ACCEPTED, at=NOW), Step("accepted"))
-    gateway.journal.record(opened, [Step("awaiting_approval")], status=ChangeStatus.AWAITING_APPROVAL)
-    return gateway
+    return with_change_awaiting_approval(gateway, NOW)
 
 
 @pytest.mark.parametrize(

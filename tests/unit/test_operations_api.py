@@ -17,8 +17,8 @@ from shared.app.journal import Step
 from shared.bootstrap import Gateway, build
 from shared.config import Settings
 from shared.core.models import ChangeStatus
-from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeSweepState
+from shared.fakes.stores import FakeChangeStore
+from tests.fake_gateway import fake_gateway
 from tests.records import a_change_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,13 +31,7 @@ APPROVER = {
 
 @pytest.fixture
 def gateway() -> Gateway:
-    return build(
-        Settings(targets_file=REPO / "config" / "targets.yaml", policy_file=REPO / "config" / "policy.yaml"),
-        change_store=FakeChangeStore(),
-        sweep_state=FakeSweepState(),
-        publisher=FakeMessagePublisher(),
-        clock=lambda: NOW,
-    )
+    return fake_gateway(clock=lambda: NOW)
 
 
 def in_conflict(gateway: Gateway, change_id: str) -> None:

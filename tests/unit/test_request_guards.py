@@ -14,13 +14,9 @@ import pytest
 
 from shared.api.caller_identity import OBJECT_ID_CLAIM_URI, ROLE_CLAIM_URI, encode_easyauth_principal
 from shared.api.requests import SMALL_BODY_BYTES
-from shared.app.journal import Step
-from shared.bootstrap import Gateway, build
-from shared.config import Settings
+from shared.bootstrap import Gateway
 from shared.core.models import ChangeStatus
-from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
-from tests.records import a_change_record
+from tests.fake_gateway import fake_gateway, with_change_awaiting_approval
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -43,18 +39,7 @@ def session(roles: list[str]) -> dict[str, str]:
 
 @pytest.fixture
 def gw() -> Gateway:
-    gateway = build(
-        Settings(targets_file=REPO / "config" / "targets.yaml", policy_file=REPO / "config" / "policy.yaml"),
-        change_store=FakeChangeStore(),
-        idempotency_store=FakeIdempotencyStore(),
-        payload_store=FakePayloadStore(),
-        sweep_state=FakeSweepState(),
-        publisher=FakeMessagePublisher(),
-        clock=lambda: NOW,
-    )
-    opened = gateway.journal.open(a_change_record("c1", status=ChangeStatus.ACCEPTED, at=NOW), Step("accepted"))
-    gateway.journal.record(opened, [Step("awaiting_approval")], status=ChangeStatus.AWAITING_APPROVAL)
-    return gateway
+    return with_change_awaiting_approval(fake_gateway(clock=lambda: NOW), NOW)
 
 
 def decide(gw: Gateway, headers: dict[str, str], body: bytes = b'{"decision": "reject"}') -> Any:

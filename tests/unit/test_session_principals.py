@@ -22,12 +22,10 @@ from shared.api.caller_identity import (
     principal_from_easyauth,
 )
 from shared.app.journal import Step
-from shared.bootstrap import Gateway, build
-from shared.config import Settings
+from shared.bootstrap import Gateway
 from shared.core.errors import UnauthenticatedError
 from shared.core.models import ChangeStatus, Principal
-from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
+from tests.fake_gateway import fake_gateway
 from tests.records import a_change_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,15 +95,7 @@ def test_a_principal_with_neither_an_app_id_nor_a_person_is_refused() -> None:
 
 
 def gateway(policy_file: Path = REPO / "config" / "policy.yaml") -> Gateway:
-    return build(
-        Settings(targets_file=REPO / "config" / "targets.yaml", policy_file=policy_file),
-        change_store=FakeChangeStore(),
-        idempotency_store=FakeIdempotencyStore(),
-        payload_store=FakePayloadStore(),
-        sweep_state=FakeSweepState(),
-        publisher=FakeMessagePublisher(),
-        clock=lambda: NOW,
-    )
+    return fake_gateway(policy_file=policy_file, clock=lambda: NOW)
 
 
 CHANGE = json.dumps(
