@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+
+from devhost.periodic import DaemonLoop
 
 logger = logging.getLogger("devhost.change_watch")
 
 DEFAULT_POLL_SECONDS = 0.05
 
 
-class CommitWatcher:
+class CommitWatcher(DaemonLoop):
     """Calls ``on_change`` when another connection has committed to the database of ``connection``."""
+
+    kind = "watch"
 
     def __init__(
         self,
@@ -33,27 +36,13 @@ class CommitWatcher:
         *,
         interval: float = DEFAULT_POLL_SECONDS,
     ) -> None:
-        self.name = name
-        self.interval = interval
+        super().__init__(name, interval)
         self._connection = connection
         self._on_change = on_change
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _version(self) -> int:
         with self._connection() as db:
             return int(db.execute("PRAGMA data_version").fetchone()[0])
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"devhost-watch-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def _loop(self) -> None:
         try:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Callable, Mapping
+
+from devhost.periodic import DaemonLoop
 
 logger = logging.getLogger("devhost.leases")
 
@@ -47,26 +48,14 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class LeaseRenewer:
+class LeaseRenewer(DaemonLoop):
     """Calls ``renew`` every third of ``seconds`` on a daemon thread until ``stop``; an error is logged and retried."""
 
+    kind = "renew"
+
     def __init__(self, name: str, seconds: float, renew: Callable[[], None]) -> None:
-        self.name = name
-        self.interval = max(0.01, seconds / 3)
+        super().__init__(name, max(0.01, seconds / 3))
         self._renew = renew
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"devhost-renew-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
