@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import azure.durable_functions as df
 import azure.functions as func
 
@@ -11,10 +13,11 @@ from shared import bootstrap
 bp = df.Blueprint()
 
 
+# Async, so that a caller holding its answer with `Prefer: wait=N` holds no worker thread while it waits.
 @bp.route(route="api/v1/changes", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def submit_change(req: func.HttpRequest) -> func.HttpResponse:
-    api = bootstrap.gateway().changes_api
-    return to_http_response(api.submit(headers_of(req), req.get_body(), base_url_of(req)))
+async def submit_change(req: func.HttpRequest) -> func.HttpResponse:
+    api = (await asyncio.to_thread(bootstrap.gateway)).changes_api
+    return to_http_response(await api.submit_and_wait(headers_of(req), req.get_body(), base_url_of(req)))
 
 
 @bp.route(route="api/v1/changes", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -24,9 +27,11 @@ def list_changes(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="api/v1/changes/{changeId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-def get_change(req: func.HttpRequest) -> func.HttpResponse:
-    api = bootstrap.gateway().changes_api
-    return to_http_response(api.get_change(headers_of(req), req.route_params["changeId"], base_url_of(req)))
+async def get_change(req: func.HttpRequest) -> func.HttpResponse:
+    api = (await asyncio.to_thread(bootstrap.gateway)).changes_api
+    return to_http_response(
+        await api.get_change_and_wait(headers_of(req), req.route_params["changeId"], base_url_of(req))
+    )
 
 
 @bp.route(route="api/v1/changes/{changeId}/lineage", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

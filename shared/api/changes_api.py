@@ -6,29 +6,67 @@ one problem+json path (``answer``). The HTTP functions in ``orchestrators/change
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from shared.api.access import READ_ROLES, Access
 from shared.api.caller_identity import ROLE_AUDIT, ROLE_OPERATE, require_role
+from shared.api.prefer import preference_applied, requested_wait
 from shared.api.requests import state_changing_body
 from shared.api.responses import ApiResponse, answer, change_answer, header, page_size, still_running
 from shared.api.status_view import accepted_body, lineage_body, status_body
+from shared.api.waiting import ChangeWaiter
 from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
 from shared.core.errors import Issue, NotFoundError, RequestError
 from shared.core.models import RESOURCE_REF, ChangeStatus
 from shared.core.telemetry import CHANGE_ID_ATTRIBUTE, change_span, changes_accepted, current_traceparent
 
+VARY_PREFER = {"Vary": "Prefer"}
+
 
 class ChangesApi:
     def __init__(
-        self, access: Access, intake: IntakeService, journal: ChangeJournal, *, known_targets: Collection[str]
+        self,
+        access: Access,
+        intake: IntakeService,
+        journal: ChangeJournal,
+        *,
+        known_targets: Collection[str],
+        waiter: ChangeWaiter | None = None,
     ) -> None:
         self._access = access
         self._intake = intake
         self._journal = journal
         self._known_targets = known_targets
+        self._waiter = waiter or ChangeWaiter(journal.store.get)
+
+    async def submit_and_wait(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:
+        """``submit``, then, with ``Prefer: wait=N``, the change's status as soon as it settles (within N s)."""
+        response = await asyncio.to_thread(self.submit, headers, body, base_url)
+        return await self._held(response, headers, base_url)
+
+    async def get_change_and_wait(self, headers: Mapping[str, str], change_id: str, base_url: str) -> ApiResponse:
+        """``get_change``, then, with ``Prefer: wait=N``, the status as soon as the change settles (within N s)."""
+        response = await asyncio.to_thread(self.get_change, headers, change_id, base_url)
+        return await self._held(response, headers, base_url)
+
+    async def _held(self, response: ApiResponse, headers: Mapping[str, str], base_url: str) -> ApiResponse:
+        """Hold a ``202`` for a running change until it ends (``200``) or waits for a person (``202``), or the
+        caller's wait runs out (the ``202`` as it was). Any other answer goes back at once."""
+        wait = requested_wait(headers)
+        if wait is not None and response.status in (200, 202) and isinstance(response.body, dict):
+            response.headers.update(preference_applied(wait))
+            if response.status == 202 and response.body.get("status") != "awaiting_approval":
+                record = await self._waiter.until_settled(str(response.body["changeId"]), wait)
+                if record is not None:
+                    held = change_answer(status_body(record, base_url), terminal=record.status.is_terminal)
+                    kept = {k: v for k, v in response.headers.items() if k not in ("Location", "Retry-After")}
+                    held.headers.update(kept)
+                    response = held
+        response.headers.update(VARY_PREFER)
+        return response
 
     def submit(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:
         def action() -> ApiResponse:

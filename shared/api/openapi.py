@@ -16,8 +16,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.api.caller_identity import ROLE_APPROVE, ROLE_AUDIT, ROLE_OPERATE, ROLE_SUBMIT
+from shared.api.prefer import MAX_WAIT_SECONDS
 from shared.api.requests import ApprovalRequest, CallbackBody, ReplayRequest, ResolveRequest
-from shared.api.responses import MAX_PAGE_SIZE, RETRY_AFTER_SECONDS
+from shared.api.responses import (
+    MAX_PAGE_SIZE,
+    RETRY_AFTER_AWAITING_APPROVAL_SECONDS,
+    RETRY_AFTER_RUNNING_SECONDS,
+)
 from shared.api.swagger_schema import REF_PREFIX, Schema, swagger_definitions
 from shared.app.approval_links import TOKEN_HEADER
 from shared.app.intake import IDEMPOTENCY_KEY
@@ -381,8 +386,36 @@ def _body(schema: str, summary: str, description: str, *, required: bool = True)
 
 _ASYNC_HEADERS: dict[str, Schema] = {
     "Location": {"type": "string", "description": "The status resource to poll (GET) until it answers 200."},
-    "Retry-After": {"type": "integer", "description": f"Seconds to wait before polling ({RETRY_AFTER_SECONDS})."},
+    "Retry-After": {
+        "type": "integer",
+        "description": (
+            f"Whole seconds to wait before polling: {RETRY_AFTER_RUNNING_SECONDS} while the change runs, "
+            f"{RETRY_AFTER_AWAITING_APPROVAL_SECONDS} while it awaits an approver."
+        ),
+    },
 }
+_WAIT_HEADERS: dict[str, Schema] = {
+    "Preference-Applied": {"type": "string", "description": "wait=N when the request's Prefer: wait=N was honoured."},
+    "Vary": {"type": "string", "description": "Prefer: the answer depends on the Prefer header."},
+}
+
+_PREFER_DESCRIPTION = (
+    f"Optional, RFC 7240. wait=N (whole seconds, at most {MAX_WAIT_SECONDS}; more is cut to {MAX_WAIT_SECONDS}) holds "
+    "the answer until the change has ended (200 with its status) or waits for an approver (202), or N seconds pass "
+    "(202 as without the header). Other preferences are ignored."
+)
+
+
+def _prefer() -> Schema:
+    return {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "type": "string",
+        "x-ms-summary": "Prefer",
+        "x-ms-visibility": "advanced",
+        "description": _PREFER_DESCRIPTION,
+    }
 
 
 def _ok(schema: str, description: str) -> Schema:
@@ -411,6 +444,21 @@ def _problems(*statuses: int, **overrides: str) -> dict[str, Schema]:
         out[str(status)] = {"description": overrides.get(f"s{status}", _PROBLEMS[status]), "schema": _ref("Problem")}
     out["default"] = {"description": "An error, as application/problem+json.", "schema": _ref("Problem")}
     return out
+
+
+_REPLAYED: dict[str, Schema] = {
+    "Idempotent-Replayed": {
+        "type": "string",
+        "description": "true when this answers an earlier request with the same key.",
+    }
+}
+
+
+def _with_wait_headers(answers: dict[str, Schema]) -> dict[str, Schema]:
+    for code in ("200", "202"):
+        if code in answers:
+            answers[code] = {**answers[code], "headers": {**answers[code].get("headers", {}), **_WAIT_HEADERS}}
+    return answers
 
 
 def _change_answers(ended: str | None, running: str, *problems: int) -> dict[str, Schema]:
@@ -482,22 +530,25 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     f"Submit a create, update or patch of one FHIR R4 resource (role {ROLE_SUBMIT}). Answers 202 "
                     "with Location and Retry-After; the change runs asynchronously, so a Logic App (or a connector "
                     "action with asynchronous polling) follows Location until the status answers 200 with the "
-                    f"outcome. The Idempotency-Key header is required and remembered for {retention_hours} hours."
+                    f"outcome. The Idempotency-Key header is required and remembered for {retention_hours} hours. "
+                    "With Prefer: wait=N the answer waits until the change ends (200) or awaits an approver (202)."
                 ),
                 [
                     _idempotency_key(retention_hours),
+                    _prefer(),
                     _body("ChangeRequest", "Change", "The change request."),
                 ],
                 {
+                    "200": {
+                        **_ok("ChangeStatus", "With Prefer: wait=N, the change ended within the wait: its status."),
+                        "headers": {**_WAIT_HEADERS, **_REPLAYED},
+                    },
                     "202": _accepted(
                         "Accepted",
-                        "Accepted: poll Location until it answers 200.",
-                        **{
-                            "Idempotent-Replayed": {
-                                "type": "string",
-                                "description": "true when this answers an earlier request with the same key.",
-                            }
-                        },
+                        "Accepted: poll Location until it answers 200 (with Prefer: wait=N, the change still runs "
+                        "or awaits an approver).",
+                        **_WAIT_HEADERS,
+                        **_REPLAYED,
                     ),
                     **_problems(
                         400,
@@ -546,10 +597,13 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                 "Get a change's status",
                 (
                     f"The status of a change (the submitting app, or role {read_roles}). 202 with Location and "
-                    "Retry-After while it runs, 200 when it has ended."
+                    "Retry-After while it runs, 200 when it has ended. With Prefer: wait=N the answer waits until "
+                    "the change ends or awaits an approver."
                 ),
-                [_change_id()],
-                _change_answers("The change has ended (see status).", status_while_running, 401, 404),
+                [_change_id(), _prefer()],
+                _with_wait_headers(
+                    _change_answers("The change has ended (see status).", status_while_running, 401, 404)
+                ),
                 visibility="important",
             ),
         },

@@ -19,7 +19,9 @@ log = logging.getLogger("writeback.api")
 
 PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
-RETRY_AFTER_SECONDS = 2
+# Whole seconds (Logic Apps honours Retry-After): a running change ends within about a second, a person takes minutes.
+RETRY_AFTER_RUNNING_SECONDS = 1
+RETRY_AFTER_AWAITING_APPROVAL_SECONDS = 300
 MAX_PAGE_SIZE = 200
 
 
@@ -54,9 +56,17 @@ def answer(action: Callable[[], ApiResponse], instance: str) -> ApiResponse:
         return problem(WritebackError(), instance=instance)
 
 
+def retry_after_for(status: str | None) -> int:
+    """Seconds before the next poll is worth it, by the change's state."""
+    if status == "awaiting_approval":
+        return RETRY_AFTER_AWAITING_APPROVAL_SECONDS
+    return RETRY_AFTER_RUNNING_SECONDS
+
+
 def still_running(body: dict[str, Any]) -> ApiResponse:
-    """``202`` for a change that has not ended: where to poll, and when."""
-    return ApiResponse(202, body, {"Location": body["links"]["self"], "Retry-After": str(RETRY_AFTER_SECONDS)})
+    """``202`` for a change that has not ended: where to poll, and when (by its state)."""
+    retry_after = retry_after_for(body.get("status"))
+    return ApiResponse(202, body, {"Location": body["links"]["self"], "Retry-After": str(retry_after)})
 
 
 def change_answer(body: dict[str, Any], *, terminal: bool) -> ApiResponse:

@@ -1,0 +1,54 @@
+"""Hold an HTTP answer until a change settles (``Prefer: wait``), from storage, on whichever instance serves it.
+
+No in-process signal is assumed: in Azure the orchestration of a change runs on any instance, so the waiter reads
+the stored record, quickly at first and then less often, until the change has ended or waits for a person, or the
+time is up. It sleeps with ``asyncio`` between reads (an HTTP function that awaits it holds no worker thread while
+it waits); each read runs in a thread, since the Table client is synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from shared.core.models import ChangeRecord, ChangeStatus
+
+FIRST_POLL_SECONDS = 0.01
+MAX_POLL_SECONDS = 0.25
+
+
+def settled(record: ChangeRecord) -> bool:
+    """Nothing more happens without a person: the change has ended, or it waits for an approver."""
+    return record.status.is_terminal or record.status is ChangeStatus.AWAITING_APPROVAL
+
+
+class ChangeWaiter:
+    def __init__(
+        self,
+        read: Callable[[str], ChangeRecord | None],
+        *,
+        first_poll: float = FIRST_POLL_SECONDS,
+        max_poll: float = MAX_POLL_SECONDS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._first_poll = first_poll
+        self._max_poll = max_poll
+        self._sleep = sleep
+        self._monotonic = monotonic
+
+    async def until_settled(self, change_id: str, seconds: float) -> ChangeRecord | None:
+        """The change once settled, or None when ``seconds`` pass first (or it cannot be read)."""
+        deadline = self._monotonic() + seconds
+        delay = self._first_poll
+        while True:
+            left = deadline - self._monotonic()
+            if left <= 0:
+                return None
+            await self._sleep(min(delay, left))
+            delay = min(delay * 2, self._max_poll)
+            record = await asyncio.to_thread(self._read, change_id)
+            if record is not None and settled(record):
+                return record
