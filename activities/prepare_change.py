@@ -1,4 +1,4 @@
-"""Activity `prepare_change`: read, plan and decide (see shared.app.pipeline)."""
+"""Activity `prepare_change`: read, plan and decide, and write what the policy allows (see shared.app.pipeline)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,4 @@ bp = df.Blueprint()
 def prepare_change(payload: dict[str, Any]) -> dict[str, Any]:
     change_id = str(payload["changeId"])
     with change_span("writeback.prepare", change_id, traceparent=payload.get("traceparent")):
-        return bootstrap.gateway().pipeline.prepare(change_id, int(payload.get("attempt", 0)))
+        return bootstrap.gateway().pipeline.prepare_and_write(change_id, int(payload.get("attempt", 0)))

@@ -1,21 +1,22 @@
 """Service Bus trigger: start ``writeback_orchestrator`` for a queued change, instance id = change id.
 
-A duplicate message, or a change whose orchestration already ran or runs, is a no-op. A message for an unknown
-change raises, so Service Bus redelivers it and finally dead-letters it (MaxDeliveryCountExceeded). When the start
-fails, the instance's status decides: an existing instance is success, no instance re-raises the start's error.
+No record is read here: a change whose orchestration runs refuses a second start, and one that ran starts again
+only to find its record past ``accepted`` and stop (``host.json``'s ``overridableExistingInstanceStates`` lets a
+finished instance be replaced, as an operator's retry needs). A body that is not a change message raises, so
+Service Bus redelivers it and finally dead-letters it (MaxDeliveryCountExceeded). When the start fails, the
+instance's status decides: an existing instance is success, no instance re-raises the start's error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
-from shared import bootstrap
-from shared.app.dispatch import should_start
+from shared.app.dispatch import parse_message
+from shared.config import get_settings
 from shared.core.telemetry import change_span, current_traceparent
 
 bp = df.Blueprint()
@@ -25,15 +26,13 @@ log = logging.getLogger("writeback.dispatcher")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%WRITEBACK_QUEUE_NAME%", connection="ServiceBusConnection")
 @bp.durable_client_input(client_name="client")
 async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
-    message = await asyncio.to_thread(should_start, bootstrap.gateway().journal, msg.get_body())
-    if message is None:
-        return
+    message = parse_message(msg.get_body())
     change_id = message.change_id
     try:
         with change_span("writeback.dispatch", change_id, traceparent=message.traceparent):
             start = {
                 "changeId": change_id,
-                "retryDeadlineSeconds": bootstrap.gateway().settings.retry_deadline_minutes * 60,
+                "retryDeadlineSeconds": get_settings().retry_deadline_minutes * 60,
                 "traceparent": current_traceparent(),
             }
             await client.start_new(ORCHESTRATOR_NAME, change_id, start)

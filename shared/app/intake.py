@@ -1,10 +1,12 @@
 """Intake: take a change request in, exactly once per (caller, Idempotency-Key), through an outbox.
 
 Order of work, each step safe to repeat: validate (nothing stored on bad input) → claim the key (an insert that
-fails if it exists: the atomic decision) → store the record and its ``accepted`` lineage event together → index
-the resource → publish the message (MessageId = change id) → mark the record enqueued. A crash anywhere leaves
-either nothing (before the claim) or a claimed key whose change a retry with the same key completes; a record left
-accepted but not enqueued is published again by the sweeper.
+fails if it exists: the atomic decision) → store the record and its ``accepted`` lineage event together → publish
+the message (MessageId = change id). Those two Table round trips are all that comes before the ``202``: the
+resource index is written by the first step of the pipeline, and the record is marked enqueued by the first
+transition the pipeline makes (or by the sweeper). A crash anywhere leaves either nothing (before the claim) or a
+claimed key whose change a retry with the same key completes; a record left accepted whose message went missing is
+published again by the sweeper (MessageId de-duplication and the dispatcher make a second message harmless).
 
 Idempotency follows the IETF httpapi Idempotency-Key draft and Stripe's practice: a missing key is 400; the same key
 with the same request replays the original answer (``Idempotent-Replayed: true``); with a different request, 422;
@@ -47,7 +49,6 @@ from shared.core.models import (
     IdempotencyRecord,
     Operation,
     Principal,
-    ResourceChange,
 )
 from shared.core.ports import IdempotencyStore, MessagePublisher, PayloadStore, SweepState
 from shared.core.problems import request_error_from
@@ -265,7 +266,11 @@ class IntakeService:
                 issues=[Issue(HEADER, "reused", "use a new key for a different change")],
             )
         change = self.journal.store.get(existing.change_id)
-        if change is not None and (change.enqueued or change.status is not ChangeStatus.ACCEPTED):
+        if change is not None:
+            if change.status is ChangeStatus.ACCEPTED and not change.enqueued:
+                # The first answer may have been lost between storing the record and publishing: publish again
+                # (the message is de-duplicated on its MessageId, and the dispatcher starts a change once).
+                self._publish(change, traceparent)
             return IntakeResult(change, replayed=True)
         if self._clock() - existing.created_at < self.stale_after:
             raise IdempotencyKeyInUseError("The first request with this Idempotency-Key is still being taken in")
@@ -329,24 +334,18 @@ class IntakeService:
             except AlreadyExistsError:
                 record = self.journal.load(change_id, fresh=True)
         checkpoint("intake.after-record")
-        if record.resource_id:
-            self.journal.store.index_resource(
-                ResourceChange(
-                    target=record.target,
-                    resource_type=record.resource_type,
-                    resource_id=record.resource_id,
-                    change_id=change_id,
-                    at=record.submitted_at,
-                )
-            )
-        try:
-            self.publisher.publish(ChangeMessage(change_id=change_id, target=record.target, traceparent=traceparent))
-        except WritebackError as exc:
-            # Accepted all the same: the record is stored, and the sweeper publishes what was not enqueued.
-            log.warning("publishing change %s failed (%s); the sweeper will retry", change_id, exc.code)
-            return record
+        self._publish(record, traceparent)
         checkpoint("intake.after-publish")
-        return self.mark_enqueued(record)
+        return record
+
+    def _publish(self, record: ChangeRecord, traceparent: str | None) -> None:
+        try:
+            self.publisher.publish(
+                ChangeMessage(change_id=record.change_id, target=record.target, traceparent=traceparent)
+            )
+        except WritebackError as exc:
+            # Accepted all the same: the record is stored, and the sweeper publishes what stayed accepted.
+            log.warning("publishing change %s failed (%s); the sweeper will retry", record.change_id, exc.code)
 
     def mark_enqueued(self, record: ChangeRecord) -> ChangeRecord:
         try:

@@ -1,8 +1,11 @@
 """The steps of the write-back pipeline that the orchestrator's activities run.
 
-- ``prepare``: load the request, read the current version at the target (and the base version when the caller
-  read an older one), plan the diff, take the policy decision, and move the change to ``writing``,
+- ``prepare``: load the request, index the resource, read the current version at the target (and the base version
+  when the caller read an older one), plan the diff, take the policy decision, and move the change to ``writing``,
   ``awaiting_approval``, ``planned`` (dry run), ``completed`` (nothing to change), ``rejected`` or ``conflict``.
+  ``prepare_and_write`` (the orchestration's first activity) goes on to ``write`` a change the policy allows, on the
+  record it has just written: no second activity and no second read of the record (the ``writing`` transition
+  stays, so that a step run again knows a write may have happened).
 - ``write``: the version-checked write with its Provenance, the read-back check, then ``completed``.
 - ``expire`` / ``fail``: the ends of the unhappy paths.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Container
@@ -50,6 +54,8 @@ from shared.core.targets import TargetConfig, TargetRegistry
 from shared.core.telemetry import conflicts, retries, write_latency
 
 StepResult = dict[str, Any]
+UNKNOWN_CHANGE = "unknown"
+log = logging.getLogger("writeback.pipeline")
 RUNNING_STATUSES = frozenset(s for s in ChangeStatus if not s.is_terminal)
 
 
@@ -143,6 +149,10 @@ class ChangePipeline:
                 return step(self.journal.load(change_id, expect=handles))
             except ConcurrencyError:
                 return step(self.journal.load(change_id, fresh=True))
+        except NotFoundError:
+            # A message naming no change (the dispatcher reads no record): nothing to do, nothing to retry.
+            log.warning("change %s has no record: its orchestration ends", change_id)
+            return {"changeId": change_id, "status": UNKNOWN_CHANGE}
         except RetryableError as exc:
             wait = retry_delay(attempt, exc.retry_after)
             record = self.journal.load(change_id)
@@ -186,9 +196,15 @@ class ChangePipeline:
     # --- prepare ---------------------------------------------------------------------------------------------
 
     def prepare(self, change_id: str, attempt: int = 0) -> StepResult:
+        """Plan and decide; a change the policy allows stops at ``writing``."""
         return self._run(change_id, self._prepare, {ChangeStatus.ACCEPTED}, attempt)
 
-    def _prepare(self, record: ChangeRecord) -> StepResult:
+    def prepare_and_write(self, change_id: str, attempt: int = 0) -> StepResult:
+        """Plan and decide, and write a change the policy allows in the same step (the orchestration's first
+        activity): on the record this step has just written, so without a second activity or a second read."""
+        return self._run(change_id, lambda record: self._prepare(record, go_on=True), {ChangeStatus.ACCEPTED}, attempt)
+
+    def _prepare(self, record: ChangeRecord, *, go_on: bool = False) -> StepResult:
         if record.status is not ChangeStatus.ACCEPTED:
             return outcome(record)
         request = self._request(record)
@@ -196,6 +212,17 @@ class ChangePipeline:
             # An approver chose to plan this change again on the target's current version, ignoring its base.
             request = request.model_copy(update={"base_version": None})
         steps = [Step("validating", {"operation": record.operation.value}, status=ChangeStatus.VALIDATING)]
+        if record.resource_id:
+            # Off the intake's critical path; an upsert of the same row, so a step run again repeats it harmlessly.
+            self.journal.store.index_resource(
+                ResourceChange(
+                    target=record.target,
+                    resource_type=record.resource_type,
+                    resource_id=record.resource_id,
+                    change_id=record.change_id,
+                    at=record.submitted_at,
+                )
+            )
         try:
             target = self._target(record)
             client = self.fhir(target)
@@ -289,6 +316,7 @@ class ChangePipeline:
         plan_body.proposed = self.payloads.put(
             record.change_id, json.dumps(write_input, separators=(",", ":")).encode("utf-8"), name="proposed"
         )
+        planned = WriteInput(self._plan_to_write(record, plan_body, plan.proposed), request.reason)
         if decision.decision == "approve":
             now = self._clock()
             expires = now + self.approval_timeout
@@ -317,7 +345,7 @@ class ChangePipeline:
             record, [*steps, Step("writing", {})], status=ChangeStatus.WRITING, plan=plan_body, enqueued=True
         )
         checkpoint("prepare.after")
-        return outcome(done)
+        return self._write(done, planned) if go_on else outcome(done)
 
     def _read(
         self, client: FhirClient, target: TargetConfig, request: ChangeRequest
@@ -357,24 +385,27 @@ class ChangePipeline:
         body = json.loads(self.payloads.get(stored.proposed))
         if "resourceType" in body:
             body = {"resource": body, "reason": self._request(record).reason}
-        plan = Plan(
+        return WriteInput(self._plan_to_write(record, stored, body["resource"]), body.get("reason"))
+
+    @staticmethod
+    def _plan_to_write(record: ChangeRecord, stored: ChangePlan, proposed: dict[str, Any]) -> Plan:
+        return Plan(
             operation=record.operation,
             resource_type=record.resource_type,
             resource_id=record.resource_id,
             base_version=stored.base_version,
             current_version=stored.current_version,
-            proposed=body["resource"],
+            proposed=proposed,
             diff=stored.diff,
             changed_paths=stored.changed_paths,
             merged=stored.merged,
             downstream_paths=stored.downstream_paths,
         )
-        return WriteInput(plan, body.get("reason"))
 
-    def _write(self, record: ChangeRecord) -> StepResult:
+    def _write(self, record: ChangeRecord, planned: WriteInput | None = None) -> StepResult:
         if record.status is not ChangeStatus.WRITING:
             return outcome(record)
-        plan, reason = self._write_input(record)
+        plan, reason = planned or self._write_input(record)
         target = self._target(record)
         writer = FhirWriter(self.fhir(target), target)
         source = (record.plan.source if record.plan else None) or record.requested_by.app_id

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devhost.durable.client_api import WEBHOOK_PATH
 from tests.e2e.conftest import AUDIT, Gateway, heart_rate
 from tests.e2e.test_approvals import decide
 
@@ -393,18 +394,33 @@ def test_another_app_cannot_read_a_change(gateway: Gateway, patient: dict[str, A
     assert httpx.get(f"{gateway.api}/changes/{change_id}", headers=the_requester).status_code in (200, 202)
 
 
-def test_a_message_for_an_unknown_change_is_dead_lettered(gateway: Gateway) -> None:
+def test_a_message_for_an_unknown_change_ends_its_orchestration_and_a_foreign_one_is_dead_lettered(
+    gateway: Gateway,
+) -> None:
+    """The dispatcher reads no record: the orchestration's first step finds no change and ends it, storing
+    nothing; a body that is not a change message is refused until Service Bus dead-letters it."""
     unknown = str(uuid.uuid4())
     queue = f"{gateway.base}/runtime/servicebus/writeback-changes"
     message = {"changeId": unknown, "target": "local-ehr", "kind": "change"}
     assert httpx.post(f"{queue}/messages", json={"body": json.dumps(message), "messageId": unknown}).status_code == 201
+    instance = f"{gateway.base}{WEBHOOK_PATH}/instances/{unknown}"
     deadline = time.monotonic() + 20
     while True:
-        letters = httpx.get(f"{queue}/deadletter").json()
-        mine = [d for d in letters if d["messageId"] == unknown]
+        answer = httpx.get(instance)
+        status = answer.json() if answer.status_code == 200 else {}
+        if status.get("runtimeStatus") == "Completed":
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    assert status["output"] == {"changeId": unknown, "status": "unknown"}
+    assert gateway.status(unknown).status_code == 404
+    foreign = str(uuid.uuid4())
+    assert httpx.post(f"{queue}/messages", json={"body": "not json", "messageId": foreign}).status_code == 201
+    while True:
+        mine = [d for d in httpx.get(f"{queue}/deadletter").json() if d["messageId"] == foreign]
         if mine:
             break
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline + 20
         time.sleep(0.1)
     assert mine[0]["reason"] == "MaxDeliveryCountExceeded"
     assert mine[0]["deliveryCount"] == 10

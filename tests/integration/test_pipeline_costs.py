@@ -18,7 +18,7 @@ import pytest
 from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import reset_token_providers, token_provider_for
 from shared.api.caller_identity import ROLE_SUBMIT
-from shared.app.dispatch import should_start
+from shared.app.dispatch import parse_message
 from shared.bootstrap import build
 from shared.config import Settings
 from shared.core.models import ChangeStatus, Principal
@@ -67,7 +67,7 @@ def test_happy_path_update_costs(
         targets=targets,
         fhir=lambda _: client,
     )
-    journal, intake, pipeline = gateway.journal, gateway.intake, gateway.pipeline
+    intake, pipeline = gateway.intake, gateway.pipeline
     body = {
         "target": "local-ehr",
         "operation": "update",
@@ -79,9 +79,9 @@ def test_happy_path_update_costs(
     principal = Principal(app_id="crm", user_id="u1", roles=[ROLE_SUBMIT])
     accepted = intake.submit(principal, "cost-key", json.dumps(body).encode())
     change_id = accepted.change.change_id
-    message = should_start(journal, json.dumps({"changeId": change_id, "target": "local-ehr"}).encode())
-    assert message is not None and message.change_id == change_id
-    activities = [pipeline.prepare(change_id), pipeline.write(change_id)]
+    message = parse_message(json.dumps({"changeId": change_id, "target": "local-ehr"}).encode())
+    assert message.change_id == change_id
+    activities = [pipeline.prepare(change_id)]
 
     assert activities[-1]["status"] == ChangeStatus.COMPLETED.value
     downstream = httpx.get(f"{fhir.control_url}/stats").json()["requests"]

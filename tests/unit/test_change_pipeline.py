@@ -13,6 +13,7 @@ the change): the "another process" tests failed while it did.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,16 +25,17 @@ import pytest
 from shared.adapters.fhir_http import error_for
 from shared.app.approval_links import ApprovalLinkSigner
 from shared.app.approvals import ApprovalService, Approver, round_of
-from shared.app.dispatch import should_start
+from shared.app.dispatch import parse_message
 from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
 from shared.app.operations import OperationsService
 from shared.app.pipeline import ChangePipeline, StepFailedError
-from shared.core.errors import NotFoundError, RetryableError
+from shared.core.errors import PermanentError, RetryableError
 from shared.core.models import ChangeMessage, LineageEvent, Principal
 from shared.core.policy import Policy
 from shared.core.record_parts import PayloadRef
 from shared.core.targets import TargetConfig, TargetRegistry
+from shared.fakes.counting import CountingProxy
 from shared.fakes.fhir import FakeFhirClient
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
@@ -54,7 +56,7 @@ PATIENT: dict[str, Any] = {
     "telecom": [{"system": "phone", "value": "555-0000", "use": "home"}],
 }
 # what the intake's events and a completed write add to the steps' own events
-INTAKE_EVENTS = ["accepted", "enqueued"]
+INTAKE_EVENTS = ["accepted"]
 PLANNED_EVENTS = ["validating", "planned", "decided"]
 WRITTEN_EVENTS = ["written", "verified", "provenance", "completed"]
 
@@ -735,21 +737,42 @@ def test_an_operator_retry_recorded_in_another_process_is_prepared_again(gw: Gat
     assert gw.pipeline.prepare(change_id) == {"changeId": change_id, "status": "writing"}
 
 
-def test_a_retry_message_is_started_though_this_process_cached_the_change_as_failed(gw: Gateway) -> None:
+def test_a_message_that_is_not_a_change_message_is_refused_for_good() -> None:
+    with pytest.raises(PermanentError):
+        parse_message(b'{"not": "a change"}')
+    message = ChangeMessage(change_id="c1", target="local-ehr", kind="retry", attempt=1)
+    assert parse_message(message.model_dump_json(by_alias=True).encode()) == message
+
+
+def test_a_duplicate_start_of_a_change_past_accepted_changes_nothing(gw: Gateway) -> None:
+    """The dispatcher reads no record: a second start of a change that ran finds it past ``accepted`` and stops."""
     change_id = gw.submit(patch_telecom())
-    gw.fhir.fail_next(http_error(403, method="GET", rtype="Patient"), interactions=["read"])
-    assert gw.pipeline.prepare(change_id)["status"] == "failed"
-    OperationsService(
-        ChangeJournal(gw.store, clock=gw.clock), FakeMessagePublisher(), FakeSweepState(), clock=gw.clock
-    ).retry(change_id, "operator")
-    message = ChangeMessage(change_id=change_id, target="local-ehr", kind="retry", attempt=1)
-    assert should_start(gw.journal, message.model_dump_json(by_alias=True).encode()) == message
+    assert gw.pipeline.prepare_and_write(change_id)["status"] == "completed"
+    events, versions = gw.events(change_id), len(gw.history())
+    fresh = ChangePipeline(
+        journal=ChangeJournal(gw.store, clock=gw.clock),
+        payloads=gw.payloads,
+        targets=TARGETS,
+        policy=POLICY,
+        fhir=lambda _: gw.fhir,
+        clock=gw.clock,
+    )
+    assert fresh.prepare_and_write(change_id) == {"changeId": change_id, "status": "completed"}
+    assert gw.events(change_id) == events and len(gw.history()) == versions
 
 
-def test_a_duplicate_message_is_still_dropped(gw: Gateway) -> None:
-    change_id = writing(gw)
-    message = ChangeMessage(change_id=change_id, target="local-ehr")
-    assert should_start(ChangeJournal(gw.store), message.model_dump_json(by_alias=True).encode()) is None
+def test_a_message_naming_no_change_ends_its_orchestration_at_once(gw: Gateway) -> None:
+    assert gw.pipeline.prepare_and_write("no-such-change") == {"changeId": "no-such-change", "status": "unknown"}
+
+
+def test_an_allowed_change_is_planned_and_written_in_one_step_with_one_read_of_its_record(gw: Gateway) -> None:
+    change_id = gw.submit(patch_telecom())
+    calls: Counter[str] = Counter()
+    counted = CountingProxy(gw.store, calls, "changes")
+    fresh = pipeline_over(ChangeJournal(counted, clock=gw.clock), gw.payloads, gw.fhir, gw.clock)  # type: ignore[arg-type]
+    assert fresh.prepare_and_write(change_id) == {"changeId": change_id, "status": "completed"}
+    assert gw.events(change_id) == [*INTAKE_EVENTS, *PLANNED_EVENTS, "writing", *WRITTEN_EVENTS]
+    assert calls == Counter({"changes.get": 1, "changes.index_resource": 1, "changes.transition": 2}), calls
 
 
 # --- expire and fail ----------------------------------------------------------------------------------------
@@ -820,7 +843,7 @@ def test_fail_ends_a_change_still_awaiting_approval(gw: Gateway) -> None:
     assert gw.events(change_id)[-2:] == ["awaiting_approval", "failed"]
 
 
-def test_every_step_on_an_unknown_change_raises_not_found(gw: Gateway) -> None:
-    for step in (gw.pipeline.prepare, gw.pipeline.write, gw.pipeline.expire):
-        with pytest.raises(NotFoundError):
-            step("nope")
+def test_every_step_on_an_unknown_change_answers_unknown_and_stores_nothing(gw: Gateway) -> None:
+    for step in (gw.pipeline.prepare, gw.pipeline.prepare_and_write, gw.pipeline.write, gw.pipeline.expire):
+        assert step("nope") == {"changeId": "nope", "status": "unknown"}
+    assert gw.store.get("nope") is None and gw.lineage("nope") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from shared.app.maintenance import OutboxSweeper, purge_idempotency_keys
 from shared.core.errors import IdempotencyKeyInUseError, IdempotencyKeyMismatchError, RetryableError
 from shared.core.models import ChangeStatus, IdempotencyRecord, Principal
 from shared.core.targets import TargetRegistry
+from shared.fakes.counting import CountingProxy
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
 
@@ -70,14 +72,31 @@ def sweeper(intake: IntakeService) -> OutboxSweeper:
     )
 
 
-def test_outbox_stores_indexes_publishes_and_marks(parts) -> None:
-    intake, _, changes, publisher = parts
+def test_the_intake_claims_stores_and_publishes_in_two_table_round_trips(parts) -> None:
+    """Before the 202: the claim, then the record with its first lineage event; the index and the enqueued mark
+    are left to the pipeline's first step (and the sweeper)."""
+    intake, idem, changes, publisher = parts
+    calls: Counter[str] = Counter()
+    intake.idempotency = CountingProxy(idem, calls, "idempotency")
+    intake.journal = ChangeJournal(CountingProxy(changes, calls, "changes"))  # type: ignore[arg-type]
     result = intake.submit(CRM, "k1", BODY)
+    assert calls == Counter({"idempotency.claim": 1, "changes.create": 1}), calls
     record = changes.get(result.change.change_id)
-    assert record is not None and record.enqueued and record.status is ChangeStatus.ACCEPTED
+    assert record is not None and record.status is ChangeStatus.ACCEPTED and not record.enqueued
     assert [m.change_id for m in publisher.sent] == [record.change_id]
-    assert [e.event for e in changes.lineage(record.change_id)] == ["accepted", "enqueued"]
-    assert [c.change_id for c in changes.resource_history("local-ehr", "Patient", "p1").items] == [record.change_id]
+    assert [e.event for e in changes.lineage(record.change_id)] == ["accepted"]
+    assert changes.resource_history("local-ehr", "Patient", "p1").items == []
+
+
+def test_a_replay_of_a_change_still_accepted_publishes_its_message_again(parts) -> None:
+    """The first answer may have been lost before the publish: the replay publishes (MessageId de-duplicates)."""
+    intake, _, _, publisher = parts
+    publisher.fail_next(RetryableError(detail="broker down"))
+    first = intake.submit(CRM, "k1", BODY)
+    assert publisher.sent == []
+    again = intake.submit(CRM, "k1", BODY)
+    assert again.replayed and again.change.change_id == first.change.change_id
+    assert [m.change_id for m in publisher.sent] == [first.change.change_id]
 
 
 def test_publish_failure_still_accepts_and_the_sweeper_publishes_later(parts, clock: Clock) -> None:

@@ -12,7 +12,11 @@ as a subprocess in the local runtime, exactly as ``tests/e2e/conftest.py`` does,
    per step, a sampled split by kind of work (validation, policy and diff, serialisation, the rest), the SDK replay
    of a change's episodes, and the storage client's CPU (the same steps against Azurite, minus the fakes' run);
 4. counts per change: downstream calls (the FHIR server's ``/_control/stats``), activities (TaskScheduled events in
-   the runtime's ``durable.db``), Table round trips (the port-level count of ``test_pipeline_costs``, in-process);
+   the runtime's ``durable.db``), Table round trips across processes (a recording proxy in front of Azurite, on a
+   gateway of two instances) and in one process (the port-level count of ``test_pipeline_costs``);
+6. as a client sees it (``client_runs``): governed changes/s with ``Prefer: wait`` against direct writes/s, the same
+   callers (``--callers``, 6) in the same run, and one caller's submit → final answer against one direct write, at
+   one instance and at ``--scale-out`` instances;
 5. growth: SDK replay against history length (1-50 episodes), validation against Bundle size (1-500 entries),
    resource-lineage query against changes per resource (10-10,000), the runtime's memory over ``--memory-changes``
    further governed changes (1,000 by default to stay within five minutes; 10,000 with ``--memory-changes 10000``).
@@ -36,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tools.bench.client_runs import client_throughput, one_caller_latency, round_trips
 from tools.bench.cpu_sampling import cpu_of
 from tools.bench.durable_db import history_counts
 from tools.bench.fixtures import SUBMIT, change_body, local_stack, table_service
@@ -61,6 +66,8 @@ def main() -> None:
     parser.add_argument(
         "--scale-out", type=int, default=2, help="also governed changes/s on this many instances (0: skip)"
     )
+    parser.add_argument("--callers", type=int, default=6, help="callers in the client-side throughput runs")
+    parser.add_argument("--latency-changes", type=int, default=40, help="changes in the one-caller latency run")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write docs/benchmarks.*")
     parser.add_argument("--report", type=Path, help="do not measure: report again from a saved benchmarks.json")
     args = parser.parse_args()
@@ -99,7 +106,11 @@ def main() -> None:
         gov_ids = [f"bg-{uuid.uuid4().hex[:10]}" for _ in range(n + 10)]
         scale_ids = [f"bs-{uuid.uuid4().hex[:10]}" for _ in range((n + 10) if args.scale_out else 0)]
         intake_ids = [f"bi-{uuid.uuid4().hex[:10]}" for _ in range(args.intake)]
-        seed(fhir.base_url, token, direct_ids + gov_ids + intake_ids + scale_ids, c)
+        runs = 1 + (1 if args.scale_out else 0)
+        client_ids = [[f"bc-{uuid.uuid4().hex[:10]}" for _ in range(2 * n + args.latency_changes)] for _ in range(runs)]
+        trip_ids = [f"bt-{uuid.uuid4().hex[:10]}" for _ in range(6)]
+        seed(fhir.base_url, token, direct_ids + gov_ids + intake_ids + scale_ids + trip_ids, c)
+        seed(fhir.base_url, token, [i for ids in client_ids for i in ids], c)
         # warm-up: a few governed changes (imports, token cache, first orchestrations), not measured
         governed_changes(gw, stack["state"], gov_ids[n:], 2, timeout=60)
         print("direct writes...", flush=True)
@@ -114,12 +125,17 @@ def main() -> None:
         result["downstreamPerChange"] = stats["requests"] / n
         result["downstreamByMethod"] = stats.get("byMethod")
         result["history"] = history_counts(stack["state"], gov["changeIds"])
+        print("as a client sees it (Prefer: wait)...", flush=True)
+        result["client"] = [client_figures(gw, fhir.base_url, token, client_ids[0], n, args)]
         if args.scale_out:
             print(f"governed changes on {args.scale_out} instances...", flush=True)
             with stack["another_gateway"](args.scale_out) as (gw_n, state_n):
                 governed_changes(gw_n, state_n, scale_ids[n:], 2, timeout=60)
                 scaled = governed_changes(gw_n, state_n, scale_ids[:n], c, timeout=150)
+                result["client"].append(client_figures(gw_n, fhir.base_url, token, client_ids[1], n, args))
             result["scaleOut"] = {"instances": args.scale_out, "rate": scaled["rate"], "outcomes": scaled["outcomes"]}
+        print("Table round trips across processes...", flush=True)
+        result["roundTrips"] = round_trips(stack, trip_ids)
         orchestrator_replay = orchestrator_replay_per_change(stack["state"], gov["changeIds"])
         print("intake vs no-op...", flush=True)
         hh = gw.headers("crm", SUBMIT)
@@ -152,6 +168,13 @@ def main() -> None:
     result["replay"]["orchestratorPerChangeMs"] = orchestrator_replay
     result["runSeconds"] = time.perf_counter() - started
     report(result, write=not args.no_write)
+
+
+def client_figures(gw: Any, fhir_base: str, token: str, ids: list[str], n: int, args: Any) -> dict[str, Any]:
+    """One caller on the idle gateway first, then ``--callers`` callers: governed with Prefer: wait, then direct."""
+    latency = one_caller_latency(gw, fhir_base, token, ids[2 * n :])
+    throughput = client_throughput(gw, fhir_base, token, ids[:n], ids[n : 2 * n], args.callers)
+    return {"instances": gw.instances, **throughput, "latency": latency}
 
 
 if __name__ == "__main__":

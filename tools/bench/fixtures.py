@@ -5,6 +5,7 @@ or the real Table adapters), and the local stack (token endpoint, FHIR server, A
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -201,7 +202,9 @@ def local_stack(tmp: Path, instances: int = 1) -> Iterator[dict[str, Any]]:
             "state": state,
             "azurite": azurite,
             "groups": groups,
-            "another_gateway": lambda instances: another_gateway(tmp, services, settings, instances),
+            "another_gateway": lambda instances, **extra: another_gateway(
+                tmp, services, {**settings, **extra}, instances
+            ),
         }
 
 
@@ -212,7 +215,7 @@ def another_gateway(
     """A second gateway on the same services (its own tables and state), stopped at the end; with its state."""
     from tests.e2e.conftest import start_gateway, stop_gateway
 
-    state = tmp / f"gateway-{instances}-instances"
+    state = tmp / f"gateway-{instances}-instances-{uuid.uuid4().hex[:6]}"
     state.mkdir()
     gw = start_gateway(**services, state=state, instances=instances, **settings)
     try:

@@ -12,7 +12,7 @@ import uuid
 from contextlib import ExitStack
 from typing import Any
 
-from shared.app.dispatch import should_start
+from shared.app.dispatch import parse_message
 from shared.fakes.fhir import FakeFhirClient
 from tools.bench.cpu_sampling import StackSampler
 from tools.bench.fixtures import build_in_process_services, change_body, in_process_principal, patient
@@ -28,10 +28,11 @@ def in_process(
     difference is the storage client's CPU. ``sample`` adds a sampled split by kind of work.
     """
     services = build_in_process_services(tables, prefix=prefix)
-    intake, journal, pipeline = services.intake, services.journal, services.pipeline
+    intake, pipeline = services.intake, services.pipeline
     calls, stores, others = services.table_calls, services.store_seconds, services.other_seconds
     principal = in_process_principal()
-    stages: dict[str, list[float]] = {"intake": [], "dispatch": [], "prepare": [], "write": []}
+    # An allowed change is planned and written by one step (prepare goes on to write).
+    stages: dict[str, list[float]] = {"intake": [], "dispatch": [], "prepare and write": []}
     totals: list[float] = []
     in_stores: list[float] = []
     in_others: list[float] = []
@@ -53,16 +54,14 @@ def in_process(
             t0 = time.process_time()
             change_id = intake.submit(principal, f"key-{run}-{i}", body).change.change_id
             t1 = time.process_time()
-            message = should_start(journal, json.dumps({"changeId": change_id, "target": "local-ehr"}).encode())
+            message = parse_message(json.dumps({"changeId": change_id, "target": "local-ehr"}).encode())
             t2 = time.process_time()
-            assert message is not None
-            pipeline.prepare(change_id)
-            t3 = time.process_time()
-            result = pipeline.write(change_id)
+            assert message.change_id == change_id
+            result = pipeline.prepare_and_write(change_id)
             t4 = time.process_time()
             assert result["status"] == "completed", result
             if i >= warmup:
-                for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                for name, dt in zip(stages, (t1 - t0, t2 - t1, t4 - t2), strict=True):
                     stages[name].append(dt * 1000)
                 totals.append((t4 - t0) * 1000)
                 in_stores.append(stores[0] * 1000)

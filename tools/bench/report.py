@@ -9,12 +9,15 @@ from typing import Any
 from tools.services.process import REPO_ROOT
 
 DOCS = REPO_ROOT / "docs"
+# DESIGN.md §11 as revised by the interactive-speed issue (its 0.1, 100 ms and 0.25 replace the earlier 0.2 and 0.5).
 BARS = {
-    "governed_ratio": 0.2,
-    "intake_ratio": 0.5,
+    "client_ratio": 0.1,
+    "p50_ms": 100.0,
+    "intake_ratio": 0.25,
     "downstream": 3,
     "activities": 4,
-    "table": 6,
+    "table": 5,
+    "before_202": 2,
     "cpu_ms": 3.0,
 }
 
@@ -55,10 +58,12 @@ def derived(r: dict[str, Any]) -> dict[str, Any]:
         "runtimeCpuMsPerAccept": intake_cpu * 1000 / r["intakeRequests"] if intake_cpu is not None else None,
         # the governed rate the machine could reach if the runtime cost no CPU at all
         "ceilingWithoutRuntime": r["cores"] * 1000 / sum(services) if len(services) == 2 else None,
-        "governedNeeded": BARS["governed_ratio"] * r["direct"]["rate"],
-        # Azurite's CPU per Table round trip, and the accept rate its four round trips alone would allow
+        "governedNeeded": BARS["client_ratio"] * r["direct"]["rate"],
+        # Azurite's CPU per Table round trip, and the accept rate its round trips before the 202 alone would allow
         "azuriteMsPerRoundTrip": azurite_per_trip,
-        "intakeCeilingWithoutRuntime": r["cores"] * 1000 / (4 * azurite_per_trip) if azurite_per_trip else None,
+        "intakeCeilingWithoutRuntime": (
+            r["cores"] * 1000 / (BARS["before_202"] * azurite_per_trip) if azurite_per_trip else None
+        ),
         "intakeNeeded": BARS["intake_ratio"] * r["live"]["rate"],
     }
 
@@ -75,15 +80,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             if (s := r.get("scaleOut"))
             else []
         ),
-        (
-            "Governed / direct",
-            f"{d['governedRatio']:.3f}",
-            "≥ 0.2",
-            verdict(d["governedRatio"] >= BARS["governed_ratio"]),
-        ),
+        ("Governed / direct (server side: completion seen in durable.db)", f"{d['governedRatio']:.3f}", "", ""),
+        *client_rows(r),
         ("No-op GET /health/live: rate, p50 / p95 ms", lat(**live), "", ""),
         ("Intake POST → 202: rate, p50 / p95 ms", lat(**ii), "", ""),
-        ("Intake / no-op", f"{d['intakeRatio']:.3f}", "≥ 0.5", verdict(d["intakeRatio"] >= BARS["intake_ratio"])),
+        ("Intake / no-op", f"{d['intakeRatio']:.3f}", "≥ 0.25", verdict(d["intakeRatio"] >= BARS["intake_ratio"])),
         ("Readiness GET /health (2 storage probes): rate, p50 / p95 ms", lat(**r["health"]), "", ""),
         ("GET /openapi.json (no storage): rate, p50 / p95 ms", lat(**r["openapi"]), "", ""),
     ]
@@ -91,11 +92,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     out += [
         ("Downstream calls per change (FHIR server stats)", fmt(ds, ".2f"), "≤ 3", verdict(ds <= 3 if ds else None)),
         ("Activities per change (durable.db)", fmt(act, ".2f"), "≤ 4", verdict(act <= 4 if act else None)),
+        *round_trip_rows(r),
         (
-            "Table round trips per change (port count)",
+            "Table round trips per change in one process (port count; the journal's cache saves the read)",
             f"{cpu['tableRoundTrips']:.0f}",
-            "≤ 6",
-            verdict(cpu["tableRoundTrips"] <= BARS["table"]),
+            "",
+            "",
         ),
     ]
     for name, ms in cpu["stagesMedianMs"].items():
@@ -167,6 +169,65 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     )
     return out
+
+
+def client_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """As a client sees it, per instance count: throughput with Prefer: wait against direct writes, one caller's
+    latency; the bars hold at one instance."""
+    out: list[tuple[str, str, str, str]] = []
+    for c in r.get("client", []):
+        at = f"{c['instances']} instance(s)"
+        first = c["instances"] == 1
+        lat = c["latency"]
+        out += [
+            (
+                f"Client: governed changes/s with Prefer: wait, {c['callers']} callers, {at}",
+                f"{c['governedRate']:.1f}",
+                "",
+                "",
+            ),
+            (f"Client: direct writes/s, same {c['callers']} callers, same run", f"{c['directRate']:.1f}", "", ""),
+            (
+                f"Client: governed / direct, {at}",
+                f"{c['ratio']:.3f}",
+                "≥ 0.1" if first else "",
+                verdict(c["ratio"] >= BARS["client_ratio"]) if first else "",
+            ),
+            (
+                f"Client: one caller, submit → final answer p50 / p95 ms, {at}",
+                f"{lat['governedP50']:.1f} / {lat['governedP95']:.1f}",
+                "p50 ≤ 100" if first else "",
+                verdict(lat["governedP50"] <= BARS["p50_ms"]) if first else "",
+            ),
+            (
+                f"Client: one caller, one direct write p50 / p95 ms, {at}",
+                f"{lat['directP50']:.1f} / {lat['directP95']:.1f}",
+                "",
+                "",
+            ),
+        ]
+    return out
+
+
+def round_trip_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    t = r.get("roundTrips")
+    if not t:
+        return []
+    return [
+        (
+            "Table round trips before the 202 (recording proxy)",
+            f"{t['before202']:.0f}",
+            "≤ 2",
+            verdict(t["before202"] <= BARS["before_202"]),
+        ),
+        (
+            "Table round trips per change across processes (recording proxy, 2 instances)",
+            f"{t['perChange']:.0f} (max {t['perChangeMax']})",
+            "≤ 5",
+            verdict(t["perChange"] <= BARS["table"]),
+        ),
+        ("Rate limiter's own round trips per change (apart)", f"{t['rateLimiterPerChange']:.1f}", "", ""),
+    ]
 
 
 def growth_rows(r: dict[str, Any]) -> list[str]:
@@ -272,10 +333,19 @@ HOW = [
     "- **Downstream calls**: the FHIR server's request counter (`/_control/stats`), reset before the governed "
     "run, divided by the changes (status polling does not reach the FHIR server).",
     "- **Activities and episodes**: `TaskScheduled` and `OrchestratorStarted` events per instance in `durable.db`.",
-    "- **Table round trips**: counted at the storage ports in-process (the logic of "
-    "`tests/integration/test_pipeline_costs.py`; one port call is one round trip).",
-    "- **CPU steps**: intake (validation, idempotency claim, record, publish, enqueued), dispatch, prepare (read, "
-    "plan, policy), write (write, verify) in-process over `shared/fakes` (FakeFhirClient with "
+    "- **Table round trips**: across processes, on a second gateway of two instances (HTTP on one, the dispatcher, "
+    "orchestrations and activities on the other) whose Table endpoint is a recording proxy in front of Azurite "
+    "(`tools/services/recording_proxy.py`): a change's round trips are the requests naming its change id, status "
+    "polls excluded (none are made), the rate limiter's requests (the guards table) counted apart; median of 5 "
+    "changes after a warm-up. In one process: counted at the storage ports (the logic of "
+    "`tests/integration/test_pipeline_costs.py`), where the journal's cache saves the first step's read.",
+    "- **As a client sees it**: `--callers` threads (6) submit governed changes with `Prefer: wait=30`, each taking "
+    "the answer as the outcome (a `202` for a running change is followed on `Location`, honouring `Retry-After`); "
+    "then the same callers PUT as many updates straight to the FHIR server; both are final answers per second. "
+    "Latency: one caller, one change at a time on the otherwise idle gateway, submit → final answer, against one "
+    "direct PUT. Taken at one instance and, on a second gateway, at `--scale-out` instances.",
+    "- **CPU steps**: intake (validation, idempotency claim, record, publish), dispatch (the message parsed), "
+    "prepare and write (read, index, plan, policy, write, verify) in-process over `shared/fakes` (FakeFhirClient with "
     "return=representation), `time.process_time()` per step, median over the changes after 50 warm-up changes. "
     "**CPU kinds**: a second pass, its main thread's stack sampled every ~0.5 ms; a sample counts as validation when "
     "any frame is in `shared/core/fhir_validation.py` or `fhir.resources`, else policy and diff (`planning`, `policy`, "
@@ -297,6 +367,32 @@ HOW = [
 ]
 
 
+def client_reading(result: dict[str, Any]) -> list[str]:
+    out = []
+    for c in result.get("client", []):
+        lat = c["latency"]
+        out.append(
+            f"- As a client sees it, {c['instances']} instance(s): {c['callers']} callers asking `Prefer: wait=30` got "
+            f"{c['governedRate']:.1f} final answers/s against {c['directRate']:.1f} direct writes/s (ratio "
+            f"{c['ratio']:.3f}, bar 0.1 at one instance); one caller waited {lat['governedP50']:.0f} ms (p50, p95 "
+            f"{lat['governedP95']:.0f}) from submit to the final answer, against {lat['directP50']:.1f} ms for a "
+            "direct write. The governed path is a Service Bus hop, an orchestration episode and its activity, and "
+            "the waiting request sees the end on its next read of the record (10 ms at first, then up to 250 ms "
+            "apart)."
+        )
+    trips = result.get("roundTrips")
+    if trips:
+        out.append(
+            f"- Table round trips across processes: {trips['before202']:.0f} before the 202 (bar 2) and "
+            f"{trips['perChange']:.0f} per change in all (bar 5): the claim, the record, the first step's read of "
+            "the record, the resource index, the `writing` transition before the downstream write, the final "
+            "transition. The sixth is the resource index (another partition); reaching 5 would mean dropping the "
+            "`writing` transition, which is what tells a step run again after a crash that a write may have "
+            "happened — without it the change could be applied again over a newer version (a lost update)."
+        )
+    return out
+
+
 def reading(result: dict[str, Any]) -> list[str]:
     d = result["derived"]
     per = d["cpuMsPerChange"]
@@ -312,21 +408,19 @@ def reading(result: dict[str, Any]) -> list[str]:
         )
     ceiling = d["governedCeiling"]
     return [
-        f"- Governed / direct = {d['governedRatio']:.3f} (bar 0.2): "
-        f"{'met' if d['governedRatio'] >= 0.2 else 'not met'}. A direct write is one HTTP request the FHIR server "
-        f"answers in well under a millisecond of CPU; a governed change cost {fmt(per.get('runtime'))} ms of CPU in "
-        f"the runtime, {fmt(per.get('Azurite'))} ms in Azurite and {fmt(per.get('FHIR server'))} ms in the FHIR "
-        f"server. With all three on {result['cores']} cores the machine cannot exceed about {fmt(ceiling, '.0f')} "
-        f"changes/s even if nothing waited on anything, while the bar asks for {d['governedNeeded']:.0f}/s; "
-        "the runtime is one Python process, so its GIL caps it at about "
-        f"{fmt(1000 / per['runtime'] if per.get('runtime') else None, '.0f')}/s. Even a runtime that cost no CPU at "
-        f"all would leave a ceiling of {fmt(d['ceilingWithoutRuntime'], '.0f')}/s from Azurite and the FHIR server "
-        "alone.",
-        f"- Intake / no-op = {d['intakeRatio']:.3f} (bar 0.5): "
-        f"{'met' if d['intakeRatio'] >= 0.5 else 'not met'}. An accept is four Table round trips (the claim, the "
-        "record and its first lineage event in one transaction, the resource index, the enqueued transition), a "
-        f"publish and the validation; it cost {fmt(d['runtimeCpuMsPerAccept'])} ms of runtime CPU per accept while "
-        "earlier accepts were processed in the background by the same process; the no-op costs the HTTP layer only. "
+        *client_reading(result),
+        f"- Governed / direct, server side = {d['governedRatio']:.3f} (completion seen in durable.db, no client "
+        f"polling; no bar since the client-side figure replaced it). A direct write is one HTTP request the FHIR "
+        f"server answers in well under a millisecond of CPU; a governed change cost {fmt(per.get('runtime'))} ms of "
+        f"CPU in the runtime, {fmt(per.get('Azurite'))} ms in Azurite and {fmt(per.get('FHIR server'))} ms in the "
+        f"FHIR server. With all three on {result['cores']} cores the machine cannot exceed about "
+        f"{fmt(ceiling, '.0f')} changes/s even if nothing waited on anything; the runtime is one Python process, so "
+        f"its GIL caps it at about {fmt(1000 / per['runtime'] if per.get('runtime') else None, '.0f')}/s.",
+        f"- Intake / no-op = {d['intakeRatio']:.3f} (bar 0.25): "
+        f"{'met' if d['intakeRatio'] >= BARS['intake_ratio'] else 'not met'}. An accept is two Table round trips "
+        "(the idempotency claim, then the record with its first lineage event in one transaction), a publish and "
+        f"the validation; it cost {fmt(d['runtimeCpuMsPerAccept'])} ms of runtime CPU per accept while earlier "
+        "accepts were processed in the background by the same process; the no-op costs the HTTP layer only. "
         f"Azurite spends about {fmt(d['azuriteMsPerRoundTrip'], '.1f')} ms of CPU per round trip, so its share of "
         f"an accept alone allows about {fmt(d['intakeCeilingWithoutRuntime'], '.0f')} accepts/s on this machine, "
         f"against the {d['intakeNeeded']:.0f}/s the bar asks for.",
