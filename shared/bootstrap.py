@@ -36,6 +36,7 @@ from shared.adapters.storage_transport import EnvironmentOnceTransport
 from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
+from shared.adapters.table_intake_limiter import TableIntakeLimiter
 from shared.adapters.table_sweep_state import TableSweepState
 from shared.adapters.table_target_guard import GuardTable, TableTargetGuard
 from shared.api.access import Access
@@ -60,10 +61,12 @@ from shared.core.ports import (
     ChangeStore,
     FhirClient,
     IdempotencyStore,
+    IntakeLimiter,
     MessagePublisher,
     PayloadStore,
     SweepState,
 )
+from shared.core.rate_limits import Gcra
 from shared.core.targets import TargetConfig, TargetRegistry
 
 FhirClients = Callable[[TargetConfig], FhirClient]
@@ -239,6 +242,16 @@ class Gateway:
         return ChangeJournal(self.change_store, clock=self.clock)
 
     @cached_property
+    def intake_limiter(self) -> IntakeLimiter | None:
+        settings = self.settings
+        if settings.intake_rate_per_caller is None:
+            return None
+        limit = Gcra(settings.intake_rate_per_caller, settings.intake_burst_per_caller)
+        limiter = TableIntakeLimiter(self.table_service, limit, prefix=settings.table_prefix)
+        limiter.ensure_tables()
+        return limiter
+
+    @cached_property
     def intake(self) -> IntakeService:
         settings = self.settings
         return IntakeService(
@@ -343,6 +356,7 @@ class Gateway:
             self.intake,
             self.journal,
             known_targets=self.targets.ids(),
+            limiter=self.intake_limiter,
         )
 
     @cached_property

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     inline_payload_max_bytes: int = Field(default=30_000, ge=0, le=30_000)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     idempotency_retention_hours: int = Field(default=72, gt=0)
+    # Off by default. Requests per second one caller (app + user, or app alone) may submit on average, across every
+    # instance, and how many at once; more get 429 with Retry-After.
+    intake_rate_per_caller: float | None = Field(default=None, gt=0)
+    intake_burst_per_caller: int = Field(default=10, ge=1)
     queue_name: str = "writeback-changes"
     servicebus_namespace: str | None = Field(
         default=None,

@@ -21,6 +21,7 @@ from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
 from shared.core.errors import Issue, NotFoundError, RequestError
 from shared.core.models import RESOURCE_REF, ChangeStatus
+from shared.core.ports import IntakeLimiter
 from shared.core.telemetry import CHANGE_ID_ATTRIBUTE, change_span, changes_accepted, current_traceparent
 
 VARY_PREFER = {"Vary": "Prefer"}
@@ -35,12 +36,14 @@ class ChangesApi:
         *,
         known_targets: Collection[str],
         waiter: ChangeWaiter | None = None,
+        limiter: IntakeLimiter | None = None,
     ) -> None:
         self._access = access
         self._intake = intake
         self._journal = journal
         self._known_targets = known_targets
         self._waiter = waiter or ChangeWaiter(journal.store.get)
+        self._limiter = limiter
 
     async def submit_and_wait(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:
         """``submit``, then, with ``Prefer: wait=N``, the change's status as soon as it settles (within N s)."""
@@ -71,6 +74,8 @@ class ChangesApi:
     def submit(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:
         def action() -> ApiResponse:
             principal = self._access.submitter(headers, base_url)
+            if self._limiter is not None:
+                self._limiter.admit(principal.caller_key)
             state_changing_body(headers, body, limit=self._intake.max_body_bytes)
             with change_span("writeback.intake", None, traceparent=header(headers, "traceparent")) as span:
                 result = self._intake.submit(

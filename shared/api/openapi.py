@@ -435,6 +435,7 @@ _PROBLEMS = {
     413: "The request body is too large.",
     415: "The request has a body that is not JSON (Content-Type: application/json).",
     422: "The Idempotency-Key was used with a different request.",
+    429: "Too many requests from this caller (when the deployment sets a per-caller limit): retry after Retry-After.",
 }
 
 
@@ -558,6 +559,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                         413,
                         415,
                         422,
+                        429,
                         s400="Bad input (shape, target, FHIR validation, a missing or invalid Idempotency-Key).",
                         s409="The first request with this Idempotency-Key is still being taken in: retry.",
                     ),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +43,11 @@ def problem(
     error: WritebackError, *, instance: str | None = None, headers: dict[str, str] | None = None
 ) -> ApiResponse:
     status = error.status if 400 <= error.status <= 599 else 500
-    return ApiResponse(status, problem_body(error, instance=instance), dict(headers or {}), PROBLEM_JSON)
+    answer_headers = dict(headers or {})
+    retry_after = getattr(error, "retry_after", None)
+    if status in (429, 503) and retry_after is not None:
+        answer_headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after))))
+    return ApiResponse(status, problem_body(error, instance=instance), answer_headers, PROBLEM_JSON)
 
 
 def answer(action: Callable[[], ApiResponse], instance: str) -> ApiResponse:

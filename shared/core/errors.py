@@ -111,6 +111,16 @@ class StateConflictError(RequestError):
 
 
 @dataclass(eq=False)
+class RateLimitedError(RequestError):
+    """The caller sent more requests than its rate limit allows; ``retry_after`` seconds until the next is taken."""
+
+    status: ClassVar[int] = 429
+    code: ClassVar[str] = "rate-limited"
+    title: ClassVar[str] = "Too many requests"
+    retry_after: float | None = None
+
+
+@dataclass(eq=False)
 class ForbiddenError(RequestError):
     status: ClassVar[int] = 403
     code: ClassVar[str] = "forbidden"

@@ -192,6 +192,13 @@ class ApprovalNonceStore(Protocol):
     def purge_expired(self, now: datetime) -> int: ...
 
 
+class IntakeLimiter(Protocol):
+    """A caller's rate limit on intake, for the whole deployment: ``admit`` takes one request from the caller's
+    allowance, or raises RateLimitedError (with ``retry_after``) and takes nothing."""
+
+    def admit(self, caller_key: str) -> None: ...
+
+
 class ApprovalNotifier(Protocol):
     """Tells approvers a change waits for them (the approval webhook). Raises RetryableError / PermanentError."""
 
