@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     inline_payload_max_bytes: int = Field(default=30_000, ge=0, le=30_000)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     idempotency_retention_hours: int = Field(default=72, gt=0)
+    # Request bodies, planned resources, diff values and comments are purged this long after a change ended.
+    payload_retention_days: int = Field(default=30, ge=1)
     queue_name: str = "writeback-changes"
     servicebus_namespace: str | None = Field(
         default=None,
