@@ -1,5 +1,5 @@
 """Timer functions: purge expired idempotency keys and approval-link nonces; the outbox sweeper (publish what was
-never enqueued, fail what was never started)."""
+never enqueued, fail what was never started); purge the payloads of changes that ended longer ago than the retention."""
 
 from __future__ import annotations
 
@@ -30,3 +30,15 @@ def sweep_unpublished_changes(timer: func.TimerRequest) -> None:
         log.info("republished %d changes left unpublished", result.published)
     if result.failed:
         log.warning("%d changes were never picked up (dead-lettered messages?) and are now failed", result.failed)
+
+
+@bp.timer_trigger(arg_name="timer", schedule="0 5/15 * * * *", run_on_startup=False, use_monitor=True)
+def purge_old_payloads(timer: func.TimerRequest) -> None:
+    result = bootstrap.gateway().payload_purger.purge()
+    log.info(
+        "purged the payloads of %d changes past their retention (%d read, %d due, %d scheduled to look at again)",
+        result.purged,
+        result.read,
+        result.due,
+        result.scheduled,
+    )

@@ -37,6 +37,7 @@ from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
 from shared.adapters.table_intake_limiter import TableIntakeLimiter
+from shared.adapters.table_retention_state import TableRetentionState
 from shared.adapters.table_sweep_state import TableSweepState
 from shared.adapters.table_target_guard import GuardTable, TableTargetGuard
 from shared.api.access import Access
@@ -52,6 +53,7 @@ from shared.app.journal import ChangeJournal, utcnow
 from shared.app.maintenance import OutboxSweeper
 from shared.app.operations import OperationsService
 from shared.app.pipeline import ChangePipeline
+from shared.app.retention import PayloadPurger
 from shared.config import Settings, get_settings
 from shared.core.errors import ConfigurationError
 from shared.core.policy import Policy
@@ -64,6 +66,7 @@ from shared.core.ports import (
     IntakeLimiter,
     MessagePublisher,
     PayloadStore,
+    RetentionState,
     SweepState,
 )
 from shared.core.rate_limits import Gcra
@@ -163,6 +166,12 @@ class Gateway:
     @cached_property
     def sweep_state(self) -> SweepState:
         state = TableSweepState(self.table_service, prefix=self.settings.table_prefix)
+        state.ensure_tables()
+        return state
+
+    @cached_property
+    def retention_state(self) -> RetentionState:
+        state = TableRetentionState(self.table_service, prefix=self.settings.table_prefix)
         state.ensure_tables()
         return state
 
@@ -277,6 +286,16 @@ class Gateway:
             publish_after=timedelta(seconds=settings.sweep_after_seconds),
             stuck_after=timedelta(minutes=settings.stuck_after_minutes),
             grace=timedelta(minutes=settings.sweep_grace_minutes),
+        )
+
+    @cached_property
+    def payload_purger(self) -> PayloadPurger:
+        return PayloadPurger(
+            self.journal,
+            self.payload_store,
+            self.retention_state,
+            retention=timedelta(days=self.settings.payload_retention_days),
+            clock=self.clock,
         )
 
     @cached_property

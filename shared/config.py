@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # instance, and how many at once; more get 429 with Retry-After.
     intake_rate_per_caller: float | None = Field(default=None, gt=0)
     intake_burst_per_caller: int = Field(default=10, ge=1)
+    # Request bodies, planned resources, diff values and comments are purged this long after a change ended.
+    payload_retention_days: int = Field(default=30, ge=1)
     queue_name: str = "writeback-changes"
     servicebus_namespace: str | None = Field(
         default=None,

@@ -12,7 +12,13 @@ from shared.bootstrap import Gateway, build
 from shared.config import Settings
 from shared.core.models import ChangeStatus
 from shared.fakes.messages import FakeMessagePublisher
-from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
+from shared.fakes.stores import (
+    FakeChangeStore,
+    FakeIdempotencyStore,
+    FakePayloadStore,
+    FakeRetentionState,
+    FakeSweepState,
+)
 from tests.records import a_change_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +38,7 @@ def fake_gateway(
         "idempotency_store": FakeIdempotencyStore(),
         "payload_store": FakePayloadStore(),
         "sweep_state": FakeSweepState(),
+        "retention_state": FakeRetentionState(),
         "publisher": FakeMessagePublisher(),
         **({"clock": clock} if clock is not None else {}),
         **overrides,

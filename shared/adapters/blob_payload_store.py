@@ -54,3 +54,10 @@ class BlobPayloadStore:
             return self._container.download_blob(ref.blob_name).readall()
         except ResourceNotFoundError as exc:
             raise NotFoundError(f"payload blob {ref.blob_name} not found") from exc
+
+    def delete(self, ref: PayloadRef) -> None:
+        if ref.kind != "blob" or ref.blob_name is None:
+            return
+        with contextlib.suppress(ResourceNotFoundError):
+            # Snapshots go with the blob; a soft-deleted blob stays restorable for the account's retention period.
+            self._container.delete_blob(ref.blob_name, delete_snapshots="include")

@@ -150,7 +150,7 @@ def _response_definitions() -> dict[str, Schema]:
         "ChangeStatus": {
             "type": "object",
             "description": "The status resource of a change.",
-            "required": [*identity, "requestedBy", "submittedAt", "updatedAt", "dryRun", "links"],
+            "required": [*identity, "requestedBy", "submittedAt", "updatedAt", "dryRun", "payloadPurged", "links"],
             "properties": {
                 **identity,
                 "resourceRef": {
@@ -178,6 +178,23 @@ def _response_definitions() -> dict[str, Schema]:
                 ),
                 "result": _free_form("Result", "When completed: versionId, location, provenance, verified."),
                 "error": _free_form("Error", "Why the change was rejected, failed, expired or is in conflict."),
+                "payloadPurged": {
+                    "type": "boolean",
+                    "x-ms-summary": "Payload purged",
+                    "description": (
+                        "True once WRITEBACK_PAYLOAD_RETENTION_DAYS (default 30) have passed since the change ended: "
+                        "its request body, planned resource, the values in the plan's diff (each operation keeps op "
+                        "and path) and approval and resolution comments are gone; lineage, paths, hashes, versions "
+                        "and actors stay. A purged change cannot be retried or resolved (409 payload-purged)."
+                    ),
+                },
+                "payloadPurgedAt": {
+                    "type": "string",
+                    "format": "date-time",
+                    "x-ms-summary": "Payload purged at",
+                    "description": "When the payload was purged (absent until then).",
+                    "x-ms-visibility": "advanced",
+                },
                 "links": _ref("Links"),
             },
         },
@@ -439,6 +456,12 @@ _PROBLEMS = {
 }
 
 
+_CANNOT_RUN_AGAIN = (
+    "The change is not in a state that allows this (invalid-state), or its payload was purged after "
+    "WRITEBACK_PAYLOAD_RETENTION_DAYS (type urn:writeback:problem:payload-purged): it cannot run again."
+)
+
+
 def _problems(*statuses: int, **overrides: str) -> dict[str, Schema]:
     out: dict[str, Schema] = {}
     for status in statuses:
@@ -462,11 +485,11 @@ def _with_wait_headers(answers: dict[str, Schema]) -> dict[str, Schema]:
     return answers
 
 
-def _change_answers(ended: str | None, running: str, *problems: int) -> dict[str, Schema]:
+def _change_answers(ended: str | None, running: str, *problems: int, **overrides: str) -> dict[str, Schema]:
     """The change's status: 200 when the call ended it (``ended``, if it can), 202 while it runs on; then the
-    ``problems``."""
+    ``problems`` (``s409="..."`` words one differently)."""
     answers = {"200": _ok("ChangeStatus", ended)} if ended else {}
-    return {**answers, "202": _accepted("ChangeStatus", running), **_problems(*problems)}
+    return {**answers, "202": _accepted("ChangeStatus", running), **_problems(*problems, **overrides)}
 
 
 def _operation(
@@ -691,10 +714,13 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     f"Run a failed, conflict or expired change again under the same change id (role {ROLE_OPERATE}), "
                     "or one left writing with no progress for WRITEBACK_STUCK_AFTER_MINUTES (its orchestration "
                     "stopped; the write is version-checked and tagged, so the target keeps one version); "
-                    "409 otherwise, so a second retry does nothing."
+                    "409 otherwise, so a second retry does nothing, and 409 payload-purged once the change's "
+                    "payload was purged after WRITEBACK_PAYLOAD_RETENTION_DAYS."
                 ),
                 [_change_id()],
-                _change_answers(None, "Running again: poll Location.", 401, 403, 404, 409, 413, 415),
+                _change_answers(
+                    None, "Running again: poll Location.", 401, 403, 404, 409, 413, 415, s409=_CANNOT_RUN_AGAIN
+                ),
                 visibility="advanced",
             ),
         },
@@ -704,7 +730,8 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                 "Resolve a conflict",
                 (
                     f"For a change in conflict (role {ROLE_APPROVE}): replan on the target's current version "
-                    "(202, poll Location) or discard it (200)."
+                    "(202, poll Location) or discard it (200); 409 payload-purged once the change's payload was "
+                    "purged after WRITEBACK_PAYLOAD_RETENTION_DAYS."
                 ),
                 [_change_id(), _body("Resolve", "Resolution", "replan or discard.")],
                 _change_answers(
@@ -717,6 +744,7 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                     409,
                     413,
                     415,
+                    s409=_CANNOT_RUN_AGAIN,
                 ),
                 visibility="advanced",
             ),

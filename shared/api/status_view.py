@@ -26,6 +26,10 @@ def status_body(record: ChangeRecord, base_url: str) -> dict[str, Any]:
         "result": _part(record.result),
         "error": _part(record.error),
         "resolution": _part(record.resolution),
+        # After the retention the request body, planned resource, diff values and comments are gone: the plan's diff
+        # keeps its operations and paths only.
+        "payloadPurged": record.payload_purged_at is not None,
+        "payloadPurgedAt": record.payload_purged_at.isoformat() if record.payload_purged_at else None,
         "links": change_links(base_url, record.change_id),
     }
     return {k: v for k, v in body.items() if v is not None}

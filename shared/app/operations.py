@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from shared.app.journal import ChangeJournal, Step, utcnow
+from shared.app.retention import refuse_if_purged
 from shared.core.errors import ConcurrencyError, StateConflictError, WritebackError
 from shared.core.models import ChangeMessage, ChangeRecord, ChangeStatus
 from shared.core.ports import MessagePublisher, SweepState
@@ -69,6 +70,7 @@ class OperationsService:
         """Run a failed / conflicting / expired change again, or one whose orchestration stopped while it was
         writing; with ``replan``, on the target's current version."""
         record = self.journal.load(change_id, fresh=True)
+        refuse_if_purged(record)
         if record.status not in RETRYABLE and not self._stopped_writing(record):
             raise StateConflictError(
                 f"The change is {record.status.value}; only failed, conflict or expired changes, or changes "
@@ -107,6 +109,7 @@ class OperationsService:
 
     def discard(self, change_id: str, actor: str, *, comment: str | None = None) -> ChangeRecord:
         record = self.journal.load(change_id, fresh=True)
+        refuse_if_purged(record)
         if record.status is not ChangeStatus.CONFLICT:
             raise StateConflictError(f"The change is {record.status.value}; only a change in conflict can be discarded")
         return self.journal.record(

@@ -121,6 +121,15 @@ class RateLimitedError(RequestError):
 
 
 @dataclass(eq=False)
+class PayloadPurgedError(StateConflictError):
+    """The change's request body, planned resource and values were purged after its retention: it cannot run
+    again."""
+
+    code: ClassVar[str] = "payload-purged"
+    title: ClassVar[str] = "The change's payload was purged"
+
+
+@dataclass(eq=False)
 class ForbiddenError(RequestError):
     status: ClassVar[int] = 403
     code: ClassVar[str] = "forbidden"

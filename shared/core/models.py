@@ -303,6 +303,9 @@ class ChangeRecord(WireModel):
     result: ChangeResult | None = None
     error: StoredProblem | None = None
     resolution: Resolution | None = None
+    # When the request body, planned resource, diff values and comments were purged (WRITEBACK_PAYLOAD_RETENTION_DAYS
+    # after the change ended); the change then keeps its lineage (paths, hashes, versions, actors) and cannot run again.
+    payload_purged_at: datetime | None = None
     etag: str | None = Field(default=None, exclude=True)
 
     @field_serializer("plan", "approval", "result", "error", "resolution")
@@ -362,6 +365,26 @@ class PendingChange(WireModel):
     change_id: str
     marked_at: datetime
     etag: str | None = Field(default=None, exclude=True)
+
+
+class DuePurge(WireModel):
+    """A change the payload purge looks at again by name once ``due`` has passed: it was still running, or had ended
+    too recently, when the purge read its id."""
+
+    change_id: str
+    due: datetime
+    key: str = Field(default="", exclude=True)
+
+
+class RetentionCursor(WireModel):
+    """How far the payload purge has read the changes table: the lowest change id it reads next.
+
+    ``full_pass_below`` is set while the first pass over the whole table is under way (the changes kept before the
+    purge existed, including ids that tell no time): that pass handles ids taken before this time and ids that tell
+    none, and when it ends the key-range reads take over from ``change_id_floor(full_pass_below)``."""
+
+    next_id: str = ""
+    full_pass_below: datetime | None = None
 
 
 class ChangeMessage(WireModel):

@@ -15,11 +15,13 @@ from shared.core.models import (
     ChangeMessage,
     ChangeRecord,
     ChangeStatus,
+    DuePurge,
     IdempotencyRecord,
     LineageEvent,
     Page,
     PendingChange,
     ResourceChange,
+    RetentionCursor,
 )
 from shared.core.record_parts import PayloadRef
 
@@ -122,6 +124,31 @@ class SweepState(Protocol):
         ...
 
 
+class RetentionState(Protocol):
+    """What the payload purge keeps between runs: how far it has read the changes table, and the changes to look at
+    again by name once they are due."""
+
+    def cursor(self) -> RetentionCursor | None:
+        """None before the first run."""
+        ...
+
+    def advance(self, cursor: RetentionCursor) -> None:
+        """Store the cursor (last write wins; a cursor set too low only makes the next run read more)."""
+        ...
+
+    def schedule(self, change_id: str, due: datetime) -> None:
+        """Look at this change again once ``due`` has passed (idempotent for the same change and time)."""
+        ...
+
+    def due(self, now: datetime, limit: int = 500) -> list[DuePurge]:
+        """Scheduled changes whose time has come (``due <= now``), the earliest first."""
+        ...
+
+    def done(self, entry: DuePurge) -> None:
+        """Forget one scheduled entry (gone already is fine)."""
+        ...
+
+
 class PayloadStore(Protocol):
     def put(self, change_id: str, body: bytes, *, name: str = "request") -> PayloadRef:
         """Keep a body (the request, or a planned resource): inline when small, else as a blob (idempotent)."""
@@ -129,6 +156,10 @@ class PayloadStore(Protocol):
 
     def get(self, ref: PayloadRef) -> bytes:
         """The stored body; raises NotFoundError when the blob is gone."""
+        ...
+
+    def delete(self, ref: PayloadRef) -> None:
+        """Delete the blob a reference names (an inline body lives in the record: nothing to do); gone is fine."""
         ...
 
 

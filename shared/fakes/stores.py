@@ -12,15 +12,18 @@ from typing import TypeVar
 from shared.adapters.blob_payload_store import blob_name_for, inline_ref
 from shared.adapters.table_change_store import newest_first_key, record_matches
 from shared.adapters.table_codec import decode_token, encode_token
+from shared.adapters.table_retention_state import due_bound, due_key
 from shared.core.errors import AlreadyExistsError, ConcurrencyError, NotFoundError
 from shared.core.models import (
     ChangeRecord,
     ChangeStatus,
+    DuePurge,
     IdempotencyRecord,
     LineageEvent,
     Page,
     PendingChange,
     ResourceChange,
+    RetentionCursor,
 )
 from shared.core.record_parts import PayloadRef
 
@@ -207,6 +210,40 @@ class FakeSweepState:
                 del self._pending[entry.change_id]
 
 
+class FakeRetentionState:
+    def __init__(self) -> None:
+        self._cursor: RetentionCursor | None = None
+        self._due: dict[str, DuePurge] = {}
+        self._lock = threading.Lock()
+
+    def cursor(self) -> RetentionCursor | None:
+        with self._lock:
+            return self._cursor.model_copy() if self._cursor else None
+
+    def advance(self, cursor: RetentionCursor) -> None:
+        with self._lock:
+            self._cursor = cursor.model_copy()
+
+    def schedule(self, change_id: str, due: datetime) -> None:
+        key = due_key(due, change_id)
+        with self._lock:
+            self._due[key] = DuePurge(change_id=change_id, due=due, key=key)
+
+    def due(self, now: datetime, limit: int = 500) -> list[DuePurge]:
+        bound = due_bound(now)
+        with self._lock:
+            return [e.model_copy() for k, e in sorted(self._due.items()) if k < bound][: max(1, limit)]
+
+    def done(self, entry: DuePurge) -> None:
+        with self._lock:
+            self._due.pop(entry.key or due_key(entry.due, entry.change_id), None)
+
+    def scheduled(self) -> list[DuePurge]:
+        """Every scheduled entry, the earliest first (for tests)."""
+        with self._lock:
+            return [e.model_copy() for _, e in sorted(self._due.items())]
+
+
 class FakePayloadStore:
     def __init__(self, *, inline_max_bytes: int = 30_000) -> None:
         self._blobs: dict[str, bytes] = {}
@@ -230,3 +267,13 @@ class FakePayloadStore:
         if body is None:
             raise NotFoundError(f"payload blob {ref.blob_name} not found")
         return body
+
+    def delete(self, ref: PayloadRef) -> None:
+        if ref.kind == "blob":
+            with self._lock:
+                self._blobs.pop(ref.blob_name or "", None)
+
+    def blob_names(self) -> list[str]:
+        """The names of the blobs held (for tests)."""
+        with self._lock:
+            return sorted(self._blobs)

@@ -16,7 +16,7 @@ from shared.adapters.blob_payload_store import BlobPayloadStore
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
 from shared.core.change_ids import change_id_floor, new_change_id
-from shared.core.errors import AlreadyExistsError, ConcurrencyError, RequestError
+from shared.core.errors import AlreadyExistsError, ConcurrencyError, NotFoundError, RequestError
 from shared.core.models import (
     ChangeRecord,
     ChangeStatus,
@@ -335,6 +335,20 @@ def test_small_payload_is_inline_and_large_goes_to_a_blob(stores: Stores) -> Non
     assert ref2.kind == "blob" and ref2.size == len(large)
     assert stores.payloads.get(ref2) == large
     assert stores.payloads.put("p2", large) == ref2
+
+
+def test_delete_removes_a_blob_and_gone_or_inline_is_fine(stores: Stores) -> None:
+    inline = stores.payloads.put("d1", b"{}")
+    blob = stores.payloads.put("d1", b"x" * (INLINE_MAX + 1), name="proposed")
+    kept = stores.payloads.put("d2", b"y" * (INLINE_MAX + 1))
+
+    stores.payloads.delete(blob)
+    stores.payloads.delete(blob)
+    stores.payloads.delete(inline)
+
+    with pytest.raises(NotFoundError):
+        stores.payloads.get(blob)
+    assert stores.payloads.get(kept) == b"y" * (INLINE_MAX + 1)
 
 
 def test_query_finds_drifted_completions(stores: Stores) -> None:
