@@ -9,6 +9,7 @@ the settings. The model is cosmicpython's ``bootstrap`` (Architecture Patterns w
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -44,6 +45,7 @@ from shared.api.access import Access
 from shared.api.approvals_api import ApprovalsApi
 from shared.api.caller_identity import Authenticator, JwtValidator
 from shared.api.changes_api import ChangesApi
+from shared.api.health import policy_readiness, targets_readiness
 from shared.api.operations_api import OperationsApi
 from shared.app.approval_links import ApprovalLinkSigner, parse_signing_keys
 from shared.app.approval_notices import ApprovalNotices
@@ -73,6 +75,8 @@ from shared.core.rate_limits import Gcra
 from shared.core.targets import TargetConfig, TargetRegistry
 
 FhirClients = Callable[[TargetConfig], FhirClient]
+
+log = logging.getLogger("writeback.startup")
 
 
 TargetGuards = Callable[[TargetConfig], TargetGuard]
@@ -200,13 +204,21 @@ class Gateway:
 
     @cached_property
     def targets(self) -> TargetRegistry:
-        return TargetRegistry.from_file(self.settings.targets_file)
+        in_azure = self.settings.website_site_name is not None
+        return TargetRegistry.from_file(self.settings.targets_file, in_azure=in_azure)
 
     @cached_property
     def policy(self) -> Policy:
+        """The policy, checked against the targets: the two files must agree (each names what the other defines)."""
         loaded = Policy.from_file(self.settings.policy_file)
-        loaded.check_targets(self.targets.ids())
+        loaded.check_targets(self.targets.ids(), targets_file=str(self.settings.targets_file))
         return loaded
+
+    def check_configuration(self) -> None:
+        """Load the targets and the policy and check them against each other; ``ConfigurationError`` names the
+        file, the source and the target of a mismatch. Reads two local files; touches no service."""
+        self.targets  # noqa: B018 - building it is the check
+        self.policy  # noqa: B018
 
     # --- downstream ---------------------------------------------------------------------------------------------
 
@@ -388,10 +400,11 @@ class Gateway:
 
     @cached_property
     def health_probes(self) -> dict[str, Callable[[], Any]]:
-        """What readiness checks: configuration, and that Table and Blob storage answer."""
+        """What readiness checks: configuration (each target ready, the policy agreeing with the targets), and that
+        Table and Blob storage answer."""
         return {
-            "targets": lambda: self.targets,
-            "policy": lambda: self.policy,
+            "targets": lambda: targets_readiness(self.targets),
+            "policy": lambda: policy_readiness(self.policy),
             "tableStorage": lambda: next(iter(self.table_service.list_tables(results_per_page=1)), None),
             "blobStorage": lambda: self.payload_store,
         }
@@ -407,11 +420,17 @@ _gateway_lock = threading.Lock()
 
 
 def gateway() -> Gateway:
-    """This process's gateway, built from the environment's settings on first use."""
+    """This process's gateway, built from the environment's settings on first use, when the targets and the policy
+    are checked against each other: a mismatch is logged at once (whichever trigger came first), and every part that
+    needs the policy, readiness included, refuses with the same message."""
     global _gateway
     with _gateway_lock:
         if _gateway is None:
             _gateway = build(get_settings())
+            try:
+                _gateway.check_configuration()
+            except ConfigurationError as exc:
+                log.error("configuration refused: %s", exc)
         return _gateway
 
 

@@ -10,8 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+APP_FOLDER = Path(__file__).resolve().parents[1]  # where function_app.py is: the deployment package's root
 
 
 class Settings(BaseSettings):
@@ -48,8 +50,10 @@ class Settings(BaseSettings):
     managed_identity_client_id: str | None = Field(
         default=None, validation_alias=AliasChoices("WRITEBACK_MANAGED_IDENTITY_CLIENT_ID", "AZURE_CLIENT_ID")
     )
-    targets_file: Path = Path("config/targets.yaml")
-    policy_file: Path = Path("config/policy.yaml")
+    # Chosen together (config/targets.azure.yaml and config/policy.azure.yaml in Azure: infra/app/api.bicep); a
+    # relative path is taken from the app's folder, not the working directory.
+    targets_file: Path = Field(default=Path("config/targets.yaml"), validate_default=True)
+    policy_file: Path = Field(default=Path("config/policy.yaml"), validate_default=True)
     auth_mode: Literal["easyauth", "jwt"] = "easyauth"
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
@@ -71,6 +75,14 @@ class Settings(BaseSettings):
     stuck_after_minutes: float = Field(default=30, gt=0)
     sweep_grace_minutes: float = Field(default=15, gt=0)
     local_runtime_url: str | None = Field(default=None, validation_alias=AliasChoices("WRITEBACK_LOCAL_RUNTIME_URL"))
+
+    @field_validator("targets_file", "policy_file")
+    @classmethod
+    def _from_app_folder(cls, path: Path) -> Path:
+        # Not the working directory: a placeholder worker (Flex / Linux Consumption) moves into the app's folder only
+        # on specialization, and never with PYTHON_ROLLBACK_CWD_PATH (azure-functions-python-worker, dispatcher.py,
+        # _change_cwd); the local runtime and tests may run from anywhere.
+        return path if path.is_absolute() else APP_FOLDER / path
 
     @property
     def trusted_forwarded_host_set(self) -> frozenset[str]:

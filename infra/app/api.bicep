@@ -64,6 +64,10 @@ var baseAppSettings = {
   AZURE_CLIENT_ID: identityClientId
   WRITEBACK_TASK_HUB: taskHubName
   WRITEBACK_QUEUE_NAME: queueName
+  // The deployed targets and their policy, chosen together (both ship in the package; start-up checks they agree).
+  // Target ahds-fhir takes its URL from WRITEBACK_TARGET_AHDS_FHIR_BASE_URL (fhirServiceUrl): not ready until set.
+  WRITEBACK_TARGETS_FILE: 'config/targets.azure.yaml'
+  WRITEBACK_POLICY_FILE: 'config/policy.azure.yaml'
   // Trusts X-MS-CLIENT-PRINCIPAL: safe only because authsettingsV2 below requires authentication (and in Azure the
   // gateway also checks the platform's WEBSITE_AUTH_ENABLED before believing it).
   WRITEBACK_AUTH_MODE: 'easyauth'

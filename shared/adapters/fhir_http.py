@@ -4,6 +4,8 @@
 - Versions are opaque strings: ``If-Match`` sends ``W/"<vid>"``; ``ETag`` is parsed back to the bare id.
 - Errors never carry resource content or URLs (search parameters can hold identifiers): only the method, the
   resource type and the status, plus the server's OperationOutcome in ``operation_outcome``.
+- A bearer token goes over plain ``http://`` to loopback only; elsewhere the request is refused before any token is
+  asked for (``AuthError``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from shared.core.errors import (
 from shared.core.fhir_headers import if_match_value, parse_etag, parse_retry_after
 from shared.core.fhir_ids import LOGICAL_ID_RE, RESOURCE_TYPE_RE
 from shared.core.ports import FhirResponse
-from shared.core.targets import AuthKind, TargetConfig
+from shared.core.targets import AuthKind, TargetConfig, in_clear_off_loopback
 from shared.core.telemetry import tracer
 
 FHIR_JSON = "application/fhir+json"
@@ -259,12 +261,18 @@ class HttpFhirClient:
         body: bytes | None = None,
     ) -> httpx.Response:
         all_headers = {"Accept": FHIR_JSON, **(headers or {})}
+        url = f"{self._base}/{path}" if path else self._base
         if self._tokens is not None:
+            if in_clear_off_loopback(url):
+                # The targets file refuses such a target; this holds for one built any other way. No token is asked.
+                raise AuthError(
+                    detail=f"{method} {resource_type}: refused to send a bearer token over plain http to a host "
+                    "that is not loopback"
+                )
             scope = self.target.auth.scope
             if not scope:
                 raise ConfigurationError(f"target {self.target.id!r}: auth needs a scope")
             all_headers["Authorization"] = f"Bearer {self._tokens.token(scope)}"
-        url = f"{self._base}/{path}" if path else self._base
         http = self._http if self._http is not None else shared_http_client()
         if self._before_send is not None:
             self._before_send()

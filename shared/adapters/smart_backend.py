@@ -42,7 +42,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from shared.adapters.token_cache import ScopedTokenCache
 from shared.core.errors import AuthError, ConfigurationError, RetryableError
 from shared.core.fhir_headers import parse_retry_after
-from shared.core.targets import AuthKind, TargetConfig
+from shared.core.targets import AuthKind, TargetConfig, in_clear_off_loopback
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_SECONDS = 300  # SMART: exp no more than five minutes in the future
@@ -412,13 +412,17 @@ class SmartBackendTokenProvider:
             return self._own_http
 
     def _request(self, scope: str) -> tuple[str, float]:
+        what = f"SMART token request for scope {scope!r}"
+        if in_clear_off_loopback(self.token_url):
+            # The targets file refuses such a token_url; this holds for a provider built any other way. Nothing is
+            # signed or sent.
+            raise AuthError(detail=f"{what}: refused to send a client assertion over plain http off loopback")
         form = {
             "grant_type": "client_credentials",
             "scope": scope,
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": self.client_assertion(),
         }
-        what = f"SMART token request for scope {scope!r}"
         try:
             resp = self._client().post(
                 self.token_url, data=form, headers={"Accept": "application/json"}, timeout=self._timeout

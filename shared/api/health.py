@@ -1,25 +1,65 @@
-"""Readiness: each dependency's state, for ``GET /api/v1/health``. Never raises; never reveals secrets."""
+"""Readiness: each dependency's state, for ``GET /api/v1/health``. Never raises; never reveals secrets.
+
+A probe is a callable that raises when its dependency is not ready, or returns a report (a mapping with ``state``)
+of its parts. A configuration error's message is shown (it names files, fields, sources and targets; the files hold
+no secrets) and logged once per process, so an operator finds it without the logs. The targets report each target:
+one that is not configured, or on a loopback address while the app runs in Azure, is not ready, with the reason.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared.core.errors import WritebackError
+from shared.core.errors import ConfigurationError, WritebackError
+from shared.core.policy import Policy
+from shared.core.targets import TargetRegistry
+
+log = logging.getLogger("writeback.health")
+_logged: set[str] = set()
 
 
-def _probe(check: Callable[[], Any]) -> dict[str, str]:
+def _probe(name: str, check: Callable[[], Any]) -> dict[str, Any]:
     try:
-        check()
+        report = check()
+    except ConfigurationError as exc:
+        if str(exc) not in _logged:
+            _logged.add(str(exc))
+            log.error("not ready: %s: %s", name, exc)
+        return {"state": "unavailable", "reason": exc.code, "detail": str(exc)}
     except WritebackError as exc:
         return {"state": "unavailable", "reason": exc.code}
     except Exception as exc:
         return {"state": "unavailable", "reason": type(exc).__name__}
+    if isinstance(report, Mapping) and "state" in report:
+        return dict(report)
     return {"state": "ok"}
 
 
 def check_health(probes: Mapping[str, Callable[[], Any]]) -> tuple[bool, dict[str, Any]]:
-    """Run each named probe (a callable that raises when its dependency is not ready)."""
-    dependencies = {name: _probe(check) for name, check in probes.items()}
+    """Run each named probe (a callable that raises when its dependency is not ready, or returns its report)."""
+    dependencies = {name: _probe(name, check) for name, check in probes.items()}
     ready = all(d["state"] == "ok" for d in dependencies.values())
     return ready, {"status": "ok" if ready else "degraded", "dependencies": dependencies}
+
+
+def targets_readiness(registry: TargetRegistry) -> dict[str, Any]:
+    """Each target's state: ``unavailable`` with ``not-configured`` or ``loopback-in-azure`` and why."""
+    targets: dict[str, dict[str, str]] = {}
+    for target_id in registry.ids():
+        problem = registry.problem(target_id)
+        targets[target_id] = (
+            {"state": "ok"}
+            if problem is None
+            else {"state": "unavailable", "reason": problem.code, "detail": problem.detail}
+        )
+    if all(t["state"] == "ok" for t in targets.values()):
+        return {"state": "ok", "targets": targets}
+    return {"state": "unavailable", "reason": "target-not-ready", "targets": targets}
+
+
+def policy_readiness(policy: Policy) -> dict[str, Any]:
+    """Ready once loaded (and agreeing with the targets); names the sources no app acts as yet, which is no fault."""
+    without = policy.sources_without_app_ids
+    return {"state": "ok", "sourcesWithoutAppIds": without} if without else {"state": "ok"}

@@ -309,6 +309,18 @@ def _response_definitions() -> dict[str, Schema]:
                         "properties": {
                             "state": {"type": "string", "enum": ["ok", "unavailable"], "x-ms-summary": "State"},
                             "reason": {"type": "string", "x-ms-summary": "Reason"},
+                            "detail": {"type": "string", "x-ms-summary": "Detail"},
+                            "targets": {
+                                "type": "object",
+                                "description": "For targets: each target's state (reason not-configured or "
+                                "loopback-in-azure when it is not ready).",
+                                "additionalProperties": {"type": "object"},
+                            },
+                            "sourcesWithoutAppIds": {
+                                "type": "array",
+                                "items": {"type": "string"},
+                                "description": "For policy: sources no app acts as yet.",
+                            },
                         },
                     },
                 },
@@ -453,6 +465,7 @@ _PROBLEMS = {
     415: "The request has a body that is not JSON (Content-Type: application/json).",
     422: "The Idempotency-Key was used with a different request.",
     429: "Too many requests from this caller (when the deployment sets a per-caller limit): retry after Retry-After.",
+    503: "Not available in this deployment: see the problem's detail.",
 }
 
 
@@ -583,8 +596,14 @@ def _paths(retention_hours: int) -> dict[str, Schema]:
                         415,
                         422,
                         429,
+                        503,
                         s400="Bad input (shape, target, FHIR validation, a missing or invalid Idempotency-Key).",
                         s409="The first request with this Idempotency-Key is still being taken in: retry.",
+                        s503=(
+                            "target-not-ready: the target is not configured in this deployment (no base URL) or is "
+                            "on a loopback address in Azure. Nothing was stored and the key was not taken: the same "
+                            "request goes through once an operator configures the target."
+                        ),
                     ),
                 },
                 visibility="important",

@@ -37,6 +37,7 @@ from shared.core.errors import (
     Issue,
     PayloadTooLargeError,
     RequestError,
+    TargetNotReadyError,
     WritebackError,
 )
 from shared.core.faults import checkpoint
@@ -170,7 +171,7 @@ def parse_change_request(body: bytes, targets: TargetRegistry) -> tuple[ChangeRe
         request = ChangeRequest.model_validate(data)
     except ValidationError as exc:
         raise request_error_from(exc) from None
-    target = targets.get(request.target)
+    target = targets.entry(request.target)
     if target is None:
         raise RequestError(
             f"Unknown target {request.target!r}",
@@ -231,6 +232,13 @@ class IntakeService:
         key = check_idempotency_key(key)
         request, data = parse_change_request(body, self.targets)
         fingerprint = sha256_hex(canonical_json(data))
+        problem = self.targets.problem(request.target)
+        if problem is not None:
+            # After validation (bad input is a 4xx whatever the target's state), before the claim: nothing is stored,
+            # and the same key goes through once the target is configured. A key taken earlier still replays.
+            if self.idempotency.get(principal.caller_key, key) is None:
+                raise TargetNotReadyError(problem.detail, issues=[Issue("/target", problem.code, problem.detail)])
+            return self._existing(principal, key, fingerprint, request, body, traceparent)
         now = self._clock()
         claim = IdempotencyRecord(
             caller=principal.caller_key,

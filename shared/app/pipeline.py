@@ -41,6 +41,7 @@ from shared.core.errors import (
     PermanentError,
     RequestError,
     RetryableError,
+    TargetNotReadyError,
     WritebackError,
 )
 from shared.core.faults import checkpoint
@@ -173,6 +174,10 @@ class ChangePipeline:
         return ChangeRequest.model_validate_json(self.payloads.get(record.payload))
 
     def _target(self, record: ChangeRecord) -> TargetConfig:
+        problem = self.targets.problem(record.target)
+        if problem is not None:
+            # Not a wait: nothing changes until an operator configures the target, then replays the change.
+            raise TargetNotReadyError(problem.detail, issues=[Issue("target", problem.code, problem.detail)])
         target = self.targets.get(record.target)
         if target is None:
             raise PermanentError(detail=f"target {record.target!r} is no longer configured")
@@ -406,7 +411,10 @@ class ChangePipeline:
         if record.status is not ChangeStatus.WRITING:
             return outcome(record)
         plan, reason = planned or self._write_input(record)
-        target = self._target(record)
+        try:
+            target = self._target(record)
+        except PermanentError as exc:
+            return self._end(record, ChangeStatus.FAILED, [], exc)
         writer = FhirWriter(self.fhir(target), target)
         source = (record.plan.source if record.plan else None) or record.requested_by.app_id
         checkpoint("write.before")

@@ -214,6 +214,20 @@ class PermanentError(DownstreamError):
 
 
 @dataclass(eq=False)
+class TargetNotReadyError(PermanentError):
+    """A known target this deployment cannot write to: no base URL set, or a loopback one in Azure.
+
+    ``503`` at intake: the request is valid and the deployment is at fault (an operator sets the URL; the same
+    request then goes through). In the pipeline the change fails at once rather than retrying, so an operator's
+    replay (``errorCode: target-not-ready``) picks it up once the target is configured.
+    """
+
+    status: ClassVar[int] = 503
+    code: ClassVar[str] = "target-not-ready"
+    title: ClassVar[str] = "The target is not ready in this deployment"
+
+
+@dataclass(eq=False)
 class AuthError(DownstreamError):
     """401/403 from the target, or no token could be had for it."""
 

@@ -1,5 +1,6 @@
 """What ships in the Functions deployment package: ``.funcignore`` leaves out the test fakes, the tests, the local
-tools and the local runtime, keeps the app, and nothing that ships imports the fakes.
+tools and the local runtime, keeps the app, and nothing that ships imports the fakes. The targets and policy files
+the Bicep chooses ship too, agree with each other, and define every target whose URL the Bicep sets.
 
 Core Tools and ``azd`` read ``.funcignore`` with gitignore rules; ``pathspec``'s ``GitIgnoreSpec`` applies the same.
 """
@@ -7,11 +8,17 @@ Core Tools and ``azd`` read ``.funcignore`` with gitignore rules; ``pathspec``'s
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pathspec import GitIgnoreSpec
+
+from shared.bootstrap import build
+from shared.config import Settings
+from shared.core.targets import TargetRegistry, env_override_name
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_DEPLOYED = ("shared/fakes", "tests", "tools", "devhost")
@@ -45,6 +52,7 @@ def test_funcignore_leaves_out(funcignore: GitIgnoreSpec, top: str) -> None:
 
 def test_funcignore_keeps_the_app(funcignore: GitIgnoreSpec) -> None:
     kept = ["function_app.py", "host.json", "requirements.txt", "config/targets.yaml", "config/policy.yaml"]
+    kept += ["config/targets.azure.yaml", "config/policy.azure.yaml"]
     kept += [f for top in DEPLOYED_CODE for f in files_under(top) if not f.startswith("shared/fakes/")]
     assert [f for f in kept if funcignore.match_file(f)] == []
 
@@ -78,3 +86,35 @@ def test_nothing_deployed_imports_the_fakes(funcignore: GitIgnoreSpec) -> None:
         if name == "shared.fakes" or name.startswith("shared.fakes.")
     ]
     assert offenders == []
+
+
+# --- the deployed targets and policy ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed_settings() -> dict[str, Any]:
+    """The app settings ``infra/app/api.bicep`` gives every deployment (parsed with pycep, as in test_bicep.py)."""
+    pycep = pytest.importorskip("pycep")
+    doc = pycep.BicepParser().parse(text=(REPO / "infra" / "app" / "api.bicep").read_text(encoding="utf-8"))
+    settings: dict[str, Any] = doc["variables"]["baseAppSettings"]["value"]
+    return settings
+
+
+def test_the_deployment_chooses_its_targets_and_policy_together(deployed_settings: dict[str, Any]) -> None:
+    assert deployed_settings["WRITEBACK_TARGETS_FILE"] == "config/targets.azure.yaml"
+    assert deployed_settings["WRITEBACK_POLICY_FILE"] == "config/policy.azure.yaml"
+
+
+def test_the_deployed_pair_ships_and_agrees(funcignore: GitIgnoreSpec, deployed_settings: dict[str, Any]) -> None:
+    files = [deployed_settings["WRITEBACK_TARGETS_FILE"], deployed_settings["WRITEBACK_POLICY_FILE"]]
+    assert [f for f in files if not (REPO / f).is_file() or funcignore.match_file(f)] == []
+    settings = Settings(targets_file=files[0], policy_file=files[1], WEBSITE_SITE_NAME="func-writeback")
+    build(settings).check_configuration()  # raises, naming both files, the source and the target, if they disagree
+
+
+def test_every_target_url_the_infra_sets_names_a_deployed_target(deployed_settings: dict[str, Any]) -> None:
+    infra_text = "\n".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "infra").rglob("*.bicep")))
+    set_by_infra = set(re.findall(r"WRITEBACK_TARGET_[A-Z0-9_]+_BASE_URL", infra_text))
+    assert set_by_infra, "the infra sets no target URL"
+    deployed = TargetRegistry.from_file(REPO / deployed_settings["WRITEBACK_TARGETS_FILE"], {})
+    assert set_by_infra <= {env_override_name(t) for t in deployed.ids()}

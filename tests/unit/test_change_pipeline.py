@@ -478,6 +478,43 @@ def test_a_target_no_longer_configured_fails_the_change() -> None:
     assert gw.wire(change_id)["error"]["detail"] == "target 'local-ehr' is no longer configured"
 
 
+def not_ready_targets(kind: str) -> TargetRegistry:
+    """local-ehr without a base URL, or on its loopback URL while the app runs in Azure."""
+    from shared.core.targets import TargetEntry
+
+    if kind == "not-configured":
+        return TargetRegistry([], unconfigured=[TargetEntry(id="local-ehr")])
+    return TargetRegistry.from_file(REPO / "config" / "targets.yaml", {}, in_azure=True)
+
+
+@pytest.mark.parametrize("kind", ["not-configured", "loopback-in-azure"])
+def test_a_target_not_ready_fails_the_change_at_once_without_calling_it(kind: str) -> None:
+    gw = make_gateway()
+    change_id = gw.submit(patch_telecom())
+    calls = len(gw.fhir.calls)
+    result = pipeline_over(gw.journal, gw.payloads, gw.fhir, gw.clock, targets=not_ready_targets(kind)).prepare(
+        change_id
+    )
+    assert result["status"] == "failed" and "retry" not in result
+    error = gw.wire(change_id)["error"]
+    assert error["type"] == "urn:writeback:problem:target-not-ready"
+    assert error["issues"][0]["code"] == kind and "local-ehr" in error["detail"]
+    assert gw.last_event(change_id).details == {"code": "target-not-ready", "issues": ["target"]}
+    assert len(gw.fhir.calls) == calls
+
+
+@pytest.mark.parametrize("kind", ["not-configured", "loopback-in-azure"])
+def test_a_target_not_ready_by_the_write_fails_the_change_without_writing(kind: str) -> None:
+    gw = make_gateway()
+    change_id = gw.submit(patch_telecom())
+    assert gw.pipeline.prepare(change_id)["status"] == "writing"
+    versions = len(gw.history())
+    later = pipeline_over(gw.journal, gw.payloads, gw.fhir, gw.clock, targets=not_ready_targets(kind))
+    assert later.write(change_id)["status"] == "failed"
+    assert gw.wire(change_id)["error"]["type"] == "urn:writeback:problem:target-not-ready"
+    assert len(gw.history()) == versions
+
+
 def test_a_target_without_if_match_refuses_an_update_before_anyone_is_asked_to_approve(tmp_path: Path) -> None:
     text = (REPO / "config" / "targets.yaml").read_text()
     (tmp_path / "targets.yaml").write_text(

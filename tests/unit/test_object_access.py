@@ -40,7 +40,13 @@ def gw(tmp_path: Path) -> Gateway:
     targets = yaml.safe_load((REPO / "config" / "targets.yaml").read_text())
     targets["targets"]["another-ehr"] = targets["targets"]["local-ehr"]
     (tmp_path / "targets.yaml").write_text(yaml.safe_dump(targets))
-    (tmp_path / "policy.yaml").write_text((REPO / "config" / "policy.yaml").read_text() + REVIEWERS)
+    policy = yaml.safe_load((REPO / "config" / "policy.yaml").read_text())
+    # Every target needs rules of some source (start-up checks that the policy and the targets agree).
+    policy["sources"]["elsewhere-app"] = {
+        "app_ids": ["elsewhere-app"],
+        "targets": {"another-ehr": {"Patient": {"operations": ["update"], "paths": {"Patient.telecom": "allow"}}}},
+    }
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy) + REVIEWERS)
     gateway = fake_gateway(
         targets_file=tmp_path / "targets.yaml", policy_file=tmp_path / "policy.yaml", clock=lambda: NOW
     )

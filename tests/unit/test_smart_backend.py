@@ -494,3 +494,18 @@ def test_authority_refuses_replay_and_bad_grants() -> None:
         with pytest.raises(RefusedError) as caught:
             authority.grant({**_form(_assertion()), field: value})
         assert caught.value.error == error
+
+
+@pytest.mark.parametrize(
+    ("token_url", "sent"),
+    [("http://ehr.example/oauth2/token", False), ("http://10.0.0.4/token", False), ("http://127.0.0.1:9/token", True)],
+)
+def test_no_client_assertion_over_plain_http_off_loopback(token_url: str, sent: bool) -> None:
+    double = TokenEndpointDouble()
+    p = SmartBackendTokenProvider(token_url, CLIENT_ID, SigningKey.from_private_key(RSA_KEY), http=double.client())
+    if sent:
+        assert p.token(SCOPE) == "token-1"
+    else:
+        with pytest.raises(AuthError, match="refused to send a client assertion over plain http"):
+            p.token(SCOPE)
+    assert len(double.forms) == (1 if sent else 0)

@@ -61,6 +61,7 @@ class Policy:
         name: str,
         reviewers: list[tuple[frozenset[str], frozenset[str]]] | None = None,
         reviewer_lines: dict[tuple[str, str], int] | None = None,
+        sources: frozenset[str] = frozenset(),
     ) -> None:
         self._reviewers = reviewers
         self._reviewer_lines = reviewer_lines or {}
@@ -69,16 +70,18 @@ class Policy:
         self._rules = rules
         self._app_sources = app_sources
         self._target_lines = target_lines
-        self._sources = frozenset(s for s, _, _ in rules) | frozenset(app_sources.values())
+        self._sources = sources | frozenset(s for s, _, _ in rules) | frozenset(app_sources.values())
         self._targets = frozenset((s, t) for s, t, _ in rules) | frozenset(target_lines)
 
     @classmethod
-    def from_file(cls, path: Path) -> Policy:
-        return cls._from_loaded(load_file(path))
+    def from_file(cls, path: Path, environ: Mapping[str, str] | None = None) -> Policy:
+        """The policy of ``path``, app ids from ``WRITEBACK_SOURCE_<NAME>_APP_IDS`` in ``environ`` (the process's)."""
+        return cls._from_loaded(load_file(path, environ))
 
     @classmethod
-    def from_text(cls, text: str, *, name: str = "<policy>") -> Policy:
-        return cls._from_loaded(load_text(text, name))
+    def from_text(cls, text: str, *, name: str = "<policy>", environ: Mapping[str, str] | None = None) -> Policy:
+        """The policy of ``text``; app ids from ``environ`` only when given."""
+        return cls._from_loaded(load_text(text, name, environ))
 
     @classmethod
     def _from_loaded(cls, loaded: LoadedPolicy) -> Policy:
@@ -90,11 +93,18 @@ class Policy:
             name=loaded.name,
             reviewers=loaded.reviewers,
             reviewer_lines=loaded.reviewer_lines,
+            sources=loaded.sources,
         )
 
     @property
     def sources(self) -> list[str]:
         return sorted(self._sources)
+
+    @property
+    def sources_without_app_ids(self) -> list[str]:
+        """Sources no app acts as (``app_ids: []`` and no ``WRITEBACK_SOURCE_<NAME>_APP_IDS``): nobody's changes
+        are judged by their rules until a deployment names their apps."""
+        return sorted(self._sources - frozenset(self._app_sources.values()))
 
     def source_for_app(self, app_id: str) -> str | None:
         return self._app_sources.get(app_id.strip().casefold())
@@ -112,9 +122,18 @@ class Policy:
                 targets |= allowed
         return frozenset(targets)
 
-    def check_targets(self, known_target_ids: Collection[str]) -> None:
-        """Raise ``ConfigurationError`` if the policy names a target the targets file does not define."""
-        check_known_targets(self.name, self._target_lines, self._reviewer_lines, known_target_ids)
+    def check_targets(self, known_target_ids: Collection[str], *, targets_file: str = "the targets file") -> None:
+        """Raise ``ConfigurationError`` unless this policy and the targets file agree: every target the policy names
+        is defined there, and every target defined there has rules of some source. The message names both files,
+        the source and the target."""
+        check_known_targets(
+            self.name,
+            self._target_lines,
+            self._reviewer_lines,
+            known_target_ids,
+            written_targets={t for _, t, _ in self._rules},
+            targets_name=targets_file,
+        )
 
     def decide(
         self,

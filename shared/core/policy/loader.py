@@ -2,13 +2,20 @@
 
 The file is validated once at start-up. Any problem (YAML syntax, a key given twice, a field of the wrong shape, an
 unknown resource type or element, a bad ``when`` condition, an app id in two sources, and later a target the targets
-file does not define) raises ``ConfigurationError`` naming the field and its line, at most
-``MAX_REPORTED_PROBLEMS`` of them.
+file does not define, or one no source writes to) raises ``ConfigurationError`` naming the field and its line, at
+most ``MAX_REPORTED_PROBLEMS`` of them.
+
+A source's app ids can come from the environment: ``WRITEBACK_SOURCE_<NAME>_APP_IDS`` (the source name upper-cased,
+anything but letters and digits as ``_``), comma-separated, replaces the file's ``app_ids``. A deployed policy cannot
+know the Entra app ids of the apps that will call it, so it ships ``app_ids: []`` and the deployment sets them. A
+non-empty setting of that form that names no source is an error (a typo would otherwise leave a source without
+callers, silently).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +32,17 @@ from shared.core.policy.elements import rule_key_problem, suggest, top_level_ele
 from shared.core.policy.rules import Rules
 from shared.core.policy.schema import PolicyFile
 
-__all__ = ["MAX_REPORTED_PROBLEMS", "LoadedPolicy", "check_known_targets", "load_file", "load_text"]
+__all__ = [
+    "MAX_REPORTED_PROBLEMS",
+    "LoadedPolicy",
+    "app_ids_setting",
+    "check_known_targets",
+    "load_file",
+    "load_text",
+]
 
 MAX_REPORTED_PROBLEMS: Final = 20
+_MAX_APP_ID: Final = 256  # as the file's app_ids
 
 _Loc = tuple[str | int, ...]
 _Problem = tuple[int, str, str]  # line, field, message
@@ -44,17 +59,24 @@ class LoadedPolicy:
     target_lines: dict[tuple[str, str], int]  # (source, target) -> line
     reviewers: list[tuple[frozenset[str], frozenset[str]]] | None  # (principals, targets); None: no section
     reviewer_lines: dict[tuple[str, str], int]  # ("reviewers[i]", target) -> line
+    sources: frozenset[str] = frozenset()
 
 
-def load_file(path: Path) -> LoadedPolicy:
+def app_ids_setting(source: str) -> str:
+    """``WRITEBACK_SOURCE_<NAME>_APP_IDS``: the setting whose comma-separated app ids replace ``source``'s."""
+    return "WRITEBACK_SOURCE_" + re.sub(r"[^A-Za-z0-9]", "_", source).upper() + "_APP_IDS"
+
+
+def load_file(path: Path, environ: Mapping[str, str] | None = None) -> LoadedPolicy:
+    """Read and check the policy file; app ids from ``environ`` (the process's environment when None)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"policy file {path}: cannot be read: {exc}") from exc
-    return load_text(text, str(path))
+    return load_text(text, str(path), os.environ if environ is None else environ)
 
 
-def load_text(text: str, name: str) -> LoadedPolicy:
+def load_text(text: str, name: str, environ: Mapping[str, str] | None = None) -> LoadedPolicy:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
@@ -83,7 +105,7 @@ def load_text(text: str, name: str) -> LoadedPolicy:
             problems.append((_line(root, loc), _field(loc), _pydantic_message(err)))
         raise _configuration_error(name, problems) from exc
 
-    checked = _compile(parsed)
+    checked = _compile(parsed, _app_id_overrides(name, parsed.sources, environ or {}))
     if checked.problems:
         raise _configuration_error(name, [(_line(root, loc), _field(loc), msg) for loc, msg in checked.problems])
     target_lines = {
@@ -109,7 +131,38 @@ def load_text(text: str, name: str) -> LoadedPolicy:
         target_lines=target_lines,
         reviewers=reviewers,
         reviewer_lines=reviewer_lines,
+        sources=frozenset(parsed.sources),
     )
+
+
+def _app_id_overrides(
+    name: str, sources: Collection[str], environ: Mapping[str, str]
+) -> dict[str, tuple[list[str], str]]:
+    """source -> (its app ids, the setting they came from), for each ``WRITEBACK_SOURCE_<NAME>_APP_IDS`` set."""
+    owners: dict[str, list[str]] = {}
+    for source in sorted(sources):
+        owners.setdefault(app_ids_setting(source), []).append(source)
+    found: dict[str, tuple[list[str], str]] = {}
+    problems: list[Issue] = []
+    for setting in sorted(k for k in environ if k.startswith("WRITEBACK_SOURCE_") and k.endswith("_APP_IDS")):
+        ids = [part.strip() for part in environ[setting].split(",") if part.strip()]
+        if not ids:
+            continue  # an empty setting is no setting
+        named = owners.get(setting)
+        if named is None:
+            known = ", ".join(sorted(sources)) or "none"
+            problems.append(Issue(setting, "unknown-source", f"names no source of the policy (sources: {known})"))
+        elif len(named) > 1:
+            message = f"fits sources {' and '.join(named)} alike; rename one of them to tell them apart"
+            problems.append(Issue(setting, "ambiguous-source", message))
+        elif any(len(app_id) > _MAX_APP_ID for app_id in ids):
+            problems.append(Issue(setting, "invalid", f"an app id is longer than {_MAX_APP_ID} characters"))
+        else:
+            found[named[0]] = (ids, setting)
+    if problems:
+        detail = f"policy file {name}: " + "; ".join(f"{i.path}: {i.message}" for i in problems)
+        raise ConfigurationError(detail, problems)
+    return found
 
 
 def check_known_targets(
@@ -117,19 +170,37 @@ def check_known_targets(
     target_lines: Mapping[tuple[str, str], int],
     reviewer_lines: Mapping[tuple[str, str], int],
     known_target_ids: Collection[str],
+    *,
+    written_targets: Collection[str] | None = None,
+    targets_name: str = "the targets file",
 ) -> None:
-    """Raise ``ConfigurationError`` if the policy names a target the targets file does not define."""
+    """Raise ``ConfigurationError`` unless the policy and the targets file (``targets_name``) agree: every target the
+    policy names is defined there, and, given ``written_targets`` (the targets some source has rules for), every
+    target defined there is written to by some source. The message names both files, the source and the target."""
+    defines = f"the targets file (it defines: {', '.join(sorted(known_target_ids)) or 'none'})"
     problems = [
-        (line, f"sources.{s}.targets.{t}", f"target '{t}' is not in the targets file")
+        (line, f"sources.{s}.targets.{t}", f"target '{t}' is not in {defines}")
         for (s, t), line in sorted(target_lines.items(), key=lambda kv: kv[1])
         if t not in known_target_ids
     ] + [
-        (line, f"{where}.targets", f"target '{t}' is not in the targets file")
+        (line, f"{where}.targets", f"target '{t}' is not in {defines}")
         for (where, t), line in sorted(reviewer_lines.items(), key=lambda kv: kv[1])
         if t not in known_target_ids
     ]
-    if problems:
-        raise _configuration_error(name, problems)
+    unwritten = sorted(set(known_target_ids) - set(written_targets)) if written_targets is not None else []
+    if not problems and not unwritten:
+        return
+    shown = problems[:MAX_REPORTED_PROBLEMS]
+    parts = [f"policy line {line}: {where}: {message}" for line, where, message in shown]
+    parts += [f"targets file: targets.{t}: no source of the policy has rules for target '{t}'" for t in unwritten]
+    detail = (
+        f"policy file {name} and targets file {targets_name} do not agree: "
+        + "; ".join(parts)
+        + ". WRITEBACK_POLICY_FILE and WRITEBACK_TARGETS_FILE must name a policy and the targets it was written for"
+    )
+    issues = [Issue(where, "unknown-target", f"policy line {line}: {message}") for line, where, message in shown]
+    issues += [Issue(f"targets.{t}", "target-without-rules", f"in {targets_name}") for t in unwritten]
+    raise ConfigurationError(detail, issues)
 
 
 @dataclass
@@ -139,16 +210,22 @@ class _Compiled:
     problems: list[tuple[_Loc, str]] = field(default_factory=list)
 
 
-def _compile(parsed: PolicyFile) -> _Compiled:
+def _compile(parsed: PolicyFile, app_ids: Mapping[str, tuple[list[str], str]]) -> _Compiled:
     out = _Compiled()
     for source, body in parsed.sources.items():
-        for i, app_id in enumerate(body.app_ids):
+        ids, setting = app_ids.get(source, (body.app_ids, None))
+        for i, app_id in enumerate(ids):
             key = app_id.casefold()
             owner = out.app_sources.setdefault(key, source)
             if owner != source:
-                out.problems.append(
-                    (("sources", source, "app_ids", i), f"app id '{app_id}' is already used by source '{owner}'")
-                )
+                message = f"app id '{app_id}' is already used by source '{owner}'"
+                owner_setting = app_ids.get(owner, ([], None))[1]
+                message += f" (from {owner_setting})" if owner_setting else ""
+                where: _Loc = ("sources", source, "app_ids", i)
+                if setting is not None:
+                    message += f"; this one from {setting}"
+                    where = ("sources", source, "app_ids")
+                out.problems.append((where, message))
         for target, by_type in body.targets.items():
             for resource_type, spec in by_type.items():
                 loc: _Loc = ("sources", source, "targets", target, resource_type)

@@ -6,7 +6,8 @@ Shape::
     sources:                         # one entry per source system, i.e. per calling app
       crm:                           # source name: letters, digits, '_', '-', '.'
         app_ids: [crm]               # caller app ids (Entra appid / azp, Easy Auth appid) acting as this source;
-                                     # matched case-insensitively, each id in at most one source
+                                     # matched case-insensitively, each id in at most one source; may be [] when
+                                     # the setting WRITEBACK_SOURCE_<NAME>_APP_IDS gives them (it replaces the list)
         targets:
           local-ehr:                 # a target id from the targets file
             Patient:                 # a FHIR R4 resource type
@@ -61,7 +62,7 @@ class _ResourceRulesFile(BaseModel):
 class _SourceFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    app_ids: list[_AppId] = Field(min_length=1)
+    app_ids: list[_AppId]  # [] allowed: a deployment names its app ids in WRITEBACK_SOURCE_<NAME>_APP_IDS
     targets: dict[_TargetId, dict[str, _ResourceRulesFile]] = Field(default_factory=dict)
 
 
