@@ -64,6 +64,11 @@ var baseAppSettings = {
   AZURE_CLIENT_ID: identityClientId
   WRITEBACK_TASK_HUB: taskHubName
   WRITEBACK_QUEUE_NAME: queueName
+  // The deployed pair (shipped in the package; start-up checks the policy against the targets). The host starts
+  // the Python worker in the app's root (azure-functions-host RpcWorkerProcess: working directory = script root),
+  // so the paths are relative to it, as in a local run.
+  WRITEBACK_TARGETS_FILE: 'config/targets.azure.yaml'
+  WRITEBACK_POLICY_FILE: 'config/policy.azure.yaml'
   // Trusts X-MS-CLIENT-PRINCIPAL: safe only because authsettingsV2 below requires authentication (and in Azure the
   // gateway also checks the platform's WEBSITE_AUTH_ENABLED before believing it).
   WRITEBACK_AUTH_MODE: 'easyauth'
