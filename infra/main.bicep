@@ -50,6 +50,13 @@ param principalId string = ''
 @description('Durable Functions task hub name (letters and digits only).')
 param taskHubName string = 'writeback'
 
+// Microsoft's Durable Functions on Flex Consumption guidance: one always-ready instance for the `durable` group
+// (learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider#flex-consumption-plan).
+@description('Always-ready instances for the durable group (orchestrators and activities); 0 lets it scale to zero, at the price of a cold start before an approved change is written.')
+@minValue(0)
+@maxValue(20)
+param durableAlwaysReadyInstances int = 1
+
 @description('Optional: names of the keys in this deployment\'s Key Vault that SMART Backend Services targets sign with (auth.key_name kv:https://<vault>/<name> in config/targets.azure.yaml), comma-separated, no spaces. The identity gets Key Vault Crypto User on each key; create the keys first.')
 param smartSigningKeyNames string = ''
 
@@ -229,6 +236,7 @@ module api 'app/api.bicep' = {
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     queueName: serviceBus.outputs.queueName
     taskHubName: taskHubName
+    durableAlwaysReadyInstances: durableAlwaysReadyInstances
     applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
     extraAppSettings: union(approvalSettings, webhookSettings, fhirSettings)
     authClientId: authClientId

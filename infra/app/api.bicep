@@ -31,6 +31,10 @@ param allowedAudiences array
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 
+@description('Always-ready instances for the durable group (orchestrators, activities); 0 lets it scale to zero.')
+@minValue(0)
+param durableAlwaysReadyInstances int = 1
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225:Flex Consumption zone redundancy is available in a subset of regions only; opt in with properties.zoneRedundant where supported
   name: planName
@@ -84,7 +88,7 @@ var baseAppSettings = {
 resource site 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_17:Callers authenticate with Entra ID tokens through App Service Authentication; client certificates would also block the signed approval links opened by flows and browsers
   //checkov:skip=CKV_AZURE_222:Public by design: callers are apps, Logic Apps and Power Automate on the internet, each needing an Entra ID token (or a signed link for the callback)
-  //checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero; add always-ready instances (functionAppConfig.scaleAndConcurrency.alwaysReady) if cold starts matter
+  //checkov:skip=CKV_AZURE_212:Flex Consumption scales out per function group; the durable group keeps durableAlwaysReadyInstances always ready, HTTP scales from zero
   //checkov:skip=CKV_AZURE_213:Flex Consumption has no App Service health check; probes call /api/v1/health, which is left anonymous for them
   name: name
   location: location
@@ -127,6 +131,15 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // Microsoft's guidance for Durable Functions on Flex Consumption: one always-ready instance for the durable
+        // group, so a raised approval event or a timer is picked up without a cold start
+        // (learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider#flex-consumption-plan).
+        alwaysReady: (durableAlwaysReadyInstances > 0) ? [
+          {
+            name: 'durable'
+            instanceCount: durableAlwaysReadyInstances
+          }
+        ] : []
       }
       runtime: {
         name: 'python'

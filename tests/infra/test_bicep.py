@@ -364,6 +364,30 @@ def _app_settings(parsed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return settings
 
 
+def _timespan_seconds(value: str) -> float:
+    hours, minutes, seconds = value.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def test_durable_functions_on_flex_consumption_as_microsoft_recommends(parsed: dict[str, dict[str, Any]]) -> None:
+    # learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider#flex-consumption-plan:
+    # one always-ready instance for the durable group, and a queue polling interval of 10 seconds or less.
+    main = parsed["main.bicep"]["parameters"]["durableAlwaysReadyInstances"]
+    assert main["default"] == 1
+    assert {"type": "min_value", "argument": 0} in main["decorators"]
+    assert _config(parsed["main.bicep"]["modules"]["api"])["params"]["durableAlwaysReadyInstances"] == (
+        "durableAlwaysReadyInstances"
+    )
+    [(_, _, site)] = _resources(parsed, "Microsoft.Web/sites")
+    always_ready = site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["alwaysReady"]
+    branches = always_ready["operator"]["operands"]
+    assert branches["true_value"] == [{"name": "durable", "instanceCount": "durableAlwaysReadyInstances"}]
+    assert branches["false_value"] == []
+    host = json.loads((INFRA.parent / "host.json").read_text(encoding="utf-8"))
+    provider = host["extensions"]["durableTask"]["storageProvider"]
+    assert 0 < _timespan_seconds(provider["maxQueuePollingInterval"]) <= 10
+
+
 def test_app_reads_the_deployed_targets_and_policy(parsed: dict[str, dict[str, Any]]) -> None:
     settings = _app_settings(parsed)
     for setting, expected in (
