@@ -52,6 +52,13 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 
 var easyAuth = loadJsonContent('easyauth.json')
 
+// WRITEBACK_AUTH_MODE easyauth trusts X-MS-CLIENT-PRINCIPAL only while App Service Authentication is on: in Azure
+// the gateway believes the header only when the platform's WEBSITE_AUTH_ENABLED is true. On Flex Consumption the
+// Functions host runs Easy Auth itself, switched on by that same variable, which the platform sets from
+// authsettingsV2 below (azure-functions-host: JobHostEasyAuthMiddleware, HostEasyAuthOptionsSetup,
+// HostAssignmentContext.ApplyAppSettings). So neither WEBSITE_AUTH_ENABLED (an app setting would override the
+// platform's value) nor WRITEBACK_TRUSTED_FRONT is set here: should Easy Auth be turned off later (portal, CLI), the
+// gateway refuses callers (503) instead of believing a header anyone can send. See docs/deployment.md.
 var baseAppSettings = {
   // Host storage (Durable Functions task hub, leases, timers) through the identity; no AzureWebJobsStorage connection string.
   AzureWebJobsStorage__credential: 'managedidentity'
@@ -73,8 +80,6 @@ var baseAppSettings = {
   // so the paths are relative to it, as in a local run.
   WRITEBACK_TARGETS_FILE: 'config/targets.azure.yaml'
   WRITEBACK_POLICY_FILE: 'config/policy.azure.yaml'
-  // Trusts X-MS-CLIENT-PRINCIPAL: safe only because authsettingsV2 below requires authentication (and in Azure the
-  // gateway also checks the platform's WEBSITE_AUTH_ENABLED before believing it).
   WRITEBACK_AUTH_MODE: 'easyauth'
   // The host's own request limit (100 MB by default): the API's largest body is a change request of
   // WRITEBACK_MAX_BODY_BYTES (1 MiB), so 2 MiB leaves the gateway's 413 problem to answer.
@@ -165,6 +170,11 @@ resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
   }
 }
 
+// No token store: the gateway never calls anything on a user's behalf, so it needs no stored provider tokens. On
+// Microsoft.Web the store other than the file system is a blob container reached through a SAS URL app setting
+// (login.tokenStore.azureBlobStorage.sasUrlSettingName): a secret, which this storage account (shared keys off) could
+// only issue as a user-delegation SAS of at most 7 days. Without the store /.auth/me does not answer; the review page
+// learns that a person is signed out from the API's 401. See docs/deployment.md.
 resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
   //checkov:skip=CKV_AZURE_13:False positive: the check reads authsettings (v1) properties.enabled; this is authsettingsV2 with platform.enabled and requireAuthentication
   //checkov:skip=CKV_AZURE_63:False positive: site-level logging check applied to the authsettingsV2 child resource; logs go to Application Insights
@@ -198,6 +208,7 @@ resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
         }
       }
     }
+    // No token store (see the comment above this resource and docs/deployment.md).
     login: {
       tokenStore: {
         enabled: false

@@ -398,6 +398,19 @@ def test_app_reads_the_deployed_targets_and_policy(parsed: dict[str, dict[str, A
         assert (INFRA.parent / expected).is_file(), expected
 
 
+def test_easy_auth_detection_is_left_to_the_platform(parsed: dict[str, dict[str, Any]]) -> None:
+    # The platform sets WEBSITE_AUTH_ENABLED from authsettingsV2 and the Flex Consumption host runs Easy Auth only
+    # while it is true; an app setting would override it, and WRITEBACK_TRUSTED_FRONT would make the gateway believe
+    # X-MS-CLIENT-PRINCIPAL even with Easy Auth turned off. Neither is set anywhere in infra/.
+    for path in INFRA.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            for setting in ("WEBSITE_AUTH_ENABLED", "WRITEBACK_TRUSTED_FRONT"):
+                assert f"{setting}:" not in text and f"'{setting}'" not in text, (path.name, setting)
+    [auth] = [c for _, _, c in _resources(parsed, "Microsoft.Web/sites/config") if c["name"] == "authsettingsV2"]
+    assert auth["properties"]["login"]["tokenStore"] == {"enabled": False}
+
+
 def test_crypto_user_is_granted_per_signing_key_not_on_the_vault(parsed: dict[str, dict[str, Any]]) -> None:
     rbac = parsed["app/rbac.bicep"]
     [crypto] = [
