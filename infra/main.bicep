@@ -50,6 +50,16 @@ param principalId string = ''
 @description('Durable Functions task hub name (letters and digits only).')
 param taskHubName string = 'writeback'
 
+// Microsoft's Durable Functions on Flex Consumption guidance: one always-ready instance for the `durable` group
+// (learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider#flex-consumption-plan).
+@description('Always-ready instances for the durable group (orchestrators and activities); 0 lets it scale to zero, at the price of a cold start before an approved change is written.')
+@minValue(0)
+@maxValue(20)
+param durableAlwaysReadyInstances int = 1
+
+@description('Optional: names of the keys in this deployment\'s Key Vault that SMART Backend Services targets sign with (auth.key_name kv:https://<vault>/<name> in config/targets.azure.yaml), comma-separated, no spaces. The identity gets Key Vault Crypto User on each key; create the keys first.')
+param smartSigningKeyNames string = ''
+
 param queueName string = 'writeback-changes'
 param payloadContainerName string = 'writeback-payloads'
 param tablePrefix string = 'writeback'
@@ -73,13 +83,15 @@ var functionAppName = '${abbrs.functionApp}writeback-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(resourceToken, 7)}'
 var webhookSecretName = 'writeback-approval-webhook-url'
 var signingKeysSecretName = 'writeback-approval-signing-keys'
+var resourceGroupNameResolved = !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourceGroup}${environmentName}'
+var smartKeyNames = empty(smartSigningKeyNames) ? [] : split(smartSigningKeyNames, ',')
 var effectiveAudiences = empty(allowedAudiences) ? [
   'api://${authClientId}'
   authClientId
 ] : allowedAudiences
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
-  name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourceGroup}${environmentName}'
+  name: resourceGroupNameResolved
   location: location
   tags: tags
 }
@@ -167,12 +179,18 @@ module rbac 'app/rbac.bicep' = {
     serviceBusQueueName: serviceBus.outputs.queueName
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    smartSigningKeyNames: smartKeyNames
     deployerPrincipalId: principalId
   }
 }
 
 // /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.HealthcareApis/workspaces/<ws>/fhirservices/<name>
-var fhirIdParts = split(fhirServiceResourceId, '/')
+// ARM evaluates the scope and parameters of a module whose condition is false (Azure/bicep issues 11463, 2466,
+// 8022), so without a FHIR service the split below must still have eleven parts: a placeholder id in this
+// deployment's own resource group (which exists: dependsOn below) stands in, and is never deployed to.
+// tests/infra/test_doc_rules.py checks every such index is guarded.
+var fhirServiceIdOrPlaceholder = empty(fhirServiceResourceId) ? '/subscriptions/${subscription().subscriptionId}/resourceGroups/${resourceGroupNameResolved}/providers/Microsoft.HealthcareApis/workspaces/none/fhirservices/none' : fhirServiceResourceId
+var fhirIdParts = split(fhirServiceIdOrPlaceholder, '/')
 
 module fhirRbac 'app/fhir-rbac.bicep' = if (!empty(fhirServiceResourceId)) {
   name: 'fhir-rbac'
@@ -181,6 +199,9 @@ module fhirRbac 'app/fhir-rbac.bicep' = if (!empty(fhirServiceResourceId)) {
     fhirServiceName: '${fhirIdParts[8]}/${fhirIdParts[10]}'
     principalId: identity.outputs.principalId
   }
+  dependsOn: [
+    rg
+  ]
 }
 
 var keyVaultSecretsBase = '${keyVault.outputs.uri}secrets/'
@@ -191,7 +212,7 @@ var approvalSettings = (!empty(approvalSigningKeys) || approvalSecretsInKeyVault
 var webhookSettings = (!empty(approvalWebhookUrl) || approvalSecretsInKeyVault) ? {
   WRITEBACK_APPROVAL_WEBHOOK_URL: '@Microsoft.KeyVault(SecretUri=${keyVaultSecretsBase}${webhookSecretName})'
 } : {}
-// Overrides the base URL of the target with id 'ahds-fhir' in config/targets.yaml.
+// Overrides the base URL of the target with id 'ahds-fhir' in config/targets.azure.yaml (the deployed targets file).
 var fhirSettings = empty(fhirServiceUrl) ? {} : {
   WRITEBACK_TARGET_AHDS_FHIR_BASE_URL: fhirServiceUrl
 }
@@ -215,6 +236,7 @@ module api 'app/api.bicep' = {
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     queueName: serviceBus.outputs.queueName
     taskHubName: taskHubName
+    durableAlwaysReadyInstances: durableAlwaysReadyInstances
     applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
     extraAppSettings: union(approvalSettings, webhookSettings, fhirSettings)
     authClientId: authClientId

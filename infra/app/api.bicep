@@ -31,6 +31,10 @@ param allowedAudiences array
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 
+@description('Always-ready instances for the durable group (orchestrators, activities); 0 lets it scale to zero.')
+@minValue(0)
+param durableAlwaysReadyInstances int = 1
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225:Flex Consumption zone redundancy is available in a subset of regions only; opt in with properties.zoneRedundant where supported
   name: planName
@@ -48,6 +52,13 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 
 var easyAuth = loadJsonContent('easyauth.json')
 
+// WRITEBACK_AUTH_MODE easyauth trusts X-MS-CLIENT-PRINCIPAL only while App Service Authentication is on: in Azure
+// the gateway believes the header only when the platform's WEBSITE_AUTH_ENABLED is true. On Flex Consumption the
+// Functions host runs Easy Auth itself, switched on by that same variable, which the platform sets from
+// authsettingsV2 below (azure-functions-host: JobHostEasyAuthMiddleware, HostEasyAuthOptionsSetup,
+// HostAssignmentContext.ApplyAppSettings). So neither WEBSITE_AUTH_ENABLED (an app setting would override the
+// platform's value) nor WRITEBACK_TRUSTED_FRONT is set here: should Easy Auth be turned off later (portal, CLI), the
+// gateway refuses callers (503) instead of believing a header anyone can send. See docs/deployment.md.
 var baseAppSettings = {
   // Host storage (Durable Functions task hub, leases, timers) through the identity; no AzureWebJobsStorage connection string.
   AzureWebJobsStorage__credential: 'managedidentity'
@@ -64,12 +75,11 @@ var baseAppSettings = {
   AZURE_CLIENT_ID: identityClientId
   WRITEBACK_TASK_HUB: taskHubName
   WRITEBACK_QUEUE_NAME: queueName
-  // The deployed targets and their policy, chosen together (both ship in the package; start-up checks they agree).
-  // Target ahds-fhir takes its URL from WRITEBACK_TARGET_AHDS_FHIR_BASE_URL (fhirServiceUrl): not ready until set.
+  // The deployed pair (shipped in the package; start-up checks the policy against the targets). Relative paths are
+  // taken from the app's folder, whatever the worker's working directory. Target ahds-fhir takes its URL from
+  // WRITEBACK_TARGET_AHDS_FHIR_BASE_URL (fhirServiceUrl) and is not ready until it is set.
   WRITEBACK_TARGETS_FILE: 'config/targets.azure.yaml'
   WRITEBACK_POLICY_FILE: 'config/policy.azure.yaml'
-  // Trusts X-MS-CLIENT-PRINCIPAL: safe only because authsettingsV2 below requires authentication (and in Azure the
-  // gateway also checks the platform's WEBSITE_AUTH_ENABLED before believing it).
   WRITEBACK_AUTH_MODE: 'easyauth'
   // The host's own request limit (100 MB by default): the API's largest body is a change request of
   // WRITEBACK_MAX_BODY_BYTES (1 MiB), so 2 MiB leaves the gateway's 413 problem to answer.
@@ -83,7 +93,7 @@ var baseAppSettings = {
 resource site 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_17:Callers authenticate with Entra ID tokens through App Service Authentication; client certificates would also block the signed approval links opened by flows and browsers
   //checkov:skip=CKV_AZURE_222:Public by design: callers are apps, Logic Apps and Power Automate on the internet, each needing an Entra ID token (or a signed link for the callback)
-  //checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero; add always-ready instances (functionAppConfig.scaleAndConcurrency.alwaysReady) if cold starts matter
+  //checkov:skip=CKV_AZURE_212:Flex Consumption scales out per function group; the durable group keeps durableAlwaysReadyInstances always ready, HTTP scales from zero
   //checkov:skip=CKV_AZURE_213:Flex Consumption has no App Service health check; probes call /api/v1/health, which is left anonymous for them
   name: name
   location: location
@@ -126,6 +136,15 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // Microsoft's guidance for Durable Functions on Flex Consumption: one always-ready instance for the durable
+        // group, so a raised approval event or a timer is picked up without a cold start
+        // (learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider#flex-consumption-plan).
+        alwaysReady: (durableAlwaysReadyInstances > 0) ? [
+          {
+            name: 'durable'
+            instanceCount: durableAlwaysReadyInstances
+          }
+        ] : []
       }
       runtime: {
         name: 'python'
@@ -151,6 +170,11 @@ resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
   }
 }
 
+// No token store: the gateway never calls anything on a user's behalf, so it needs no stored provider tokens. On
+// Microsoft.Web the store other than the file system is a blob container reached through a SAS URL app setting
+// (login.tokenStore.azureBlobStorage.sasUrlSettingName): a secret, which this storage account (shared keys off) could
+// only issue as a user-delegation SAS of at most 7 days. Without the store /.auth/me does not answer; the review page
+// learns that a person is signed out from the API's 401. See docs/deployment.md.
 resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
   //checkov:skip=CKV_AZURE_13:False positive: the check reads authsettings (v1) properties.enabled; this is authsettingsV2 with platform.enabled and requireAuthentication
   //checkov:skip=CKV_AZURE_63:False positive: site-level logging check applied to the authsettingsV2 child resource; logs go to Application Insights
@@ -184,6 +208,7 @@ resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
         }
       }
     }
+    // No token store (see the comment above this resource and docs/deployment.md).
     login: {
       tokenStore: {
         enabled: false

@@ -29,9 +29,11 @@ BUILT_IN_ROLES = {
     "Azure Service Bus Data Receiver": "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
     "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
+    "Key Vault Crypto User": "12338af0-0e69-4776-bea7-57ae8d297424",
     "FHIR Data Writer": "3f88fce4-5892-4214-ae73-ba5294559913",
-    # Roles that must not be granted to the app's identity:
+    # The host storage identity's role (Microsoft lists Blob Data Owner for AzureWebJobsStorage):
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    # Roles that must not be granted to the app's identity:
     "Azure Service Bus Data Owner": "090c5cfd-751d-490a-894a-3ce6f1109419",
     "FHIR Data Contributor": "5a1fc7df-4bf1-4951-a576-89034ee01acd",
     "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
@@ -39,13 +41,14 @@ BUILT_IN_ROLES = {
     "Contributor": "b24988ac-6180-42a0-ab88-20f7382dd24c",
 }
 IDENTITY_ROLES = {
-    "Storage Blob Data Contributor",
+    "Storage Blob Data Owner",
     "Storage Queue Data Contributor",
     "Storage Table Data Contributor",
     "Azure Service Bus Data Sender",
     "Azure Service Bus Data Receiver",
     "Monitoring Metrics Publisher",
     "Key Vault Secrets User",
+    "Key Vault Crypto User",
     "FHIR Data Writer",
 }
 # The deploying user (optional) may manage the approval secrets; nothing else.
@@ -354,3 +357,71 @@ def test_the_workbook_holds_the_admins_queries() -> None:
     ):
         assert metric in text, metric
     assert "module workbook 'app/workbook.bicep'" in (INFRA / "main.bicep").read_text()
+
+
+def _app_settings(parsed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    settings: dict[str, Any] = parsed["app/api.bicep"]["variables"]["baseAppSettings"]["value"]
+    return settings
+
+
+def _timespan_seconds(value: str) -> float:
+    hours, minutes, seconds = value.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def test_durable_functions_on_flex_consumption_as_microsoft_recommends(parsed: dict[str, dict[str, Any]]) -> None:
+    # learn.microsoft.com/azure/azure-functions/durable/durable-functions-azure-storage-provider#flex-consumption-plan:
+    # one always-ready instance for the durable group, and a queue polling interval of 10 seconds or less.
+    main = parsed["main.bicep"]["parameters"]["durableAlwaysReadyInstances"]
+    assert main["default"] == 1
+    assert {"type": "min_value", "argument": 0} in main["decorators"]
+    assert _config(parsed["main.bicep"]["modules"]["api"])["params"]["durableAlwaysReadyInstances"] == (
+        "durableAlwaysReadyInstances"
+    )
+    [(_, _, site)] = _resources(parsed, "Microsoft.Web/sites")
+    always_ready = site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["alwaysReady"]
+    branches = always_ready["operator"]["operands"]
+    assert branches["true_value"] == [{"name": "durable", "instanceCount": "durableAlwaysReadyInstances"}]
+    assert branches["false_value"] == []
+    host = json.loads((INFRA.parent / "host.json").read_text(encoding="utf-8"))
+    provider = host["extensions"]["durableTask"]["storageProvider"]
+    assert 0 < _timespan_seconds(provider["maxQueuePollingInterval"]) <= 10
+
+
+def test_app_reads_the_deployed_targets_and_policy(parsed: dict[str, dict[str, Any]]) -> None:
+    settings = _app_settings(parsed)
+    for setting, expected in (
+        ("WRITEBACK_TARGETS_FILE", "config/targets.azure.yaml"),
+        ("WRITEBACK_POLICY_FILE", "config/policy.azure.yaml"),
+    ):
+        assert settings[setting] == expected
+        assert (INFRA.parent / expected).is_file(), expected
+
+
+def test_easy_auth_detection_is_left_to_the_platform(parsed: dict[str, dict[str, Any]]) -> None:
+    # The platform sets WEBSITE_AUTH_ENABLED from authsettingsV2 and the Flex Consumption host runs Easy Auth only
+    # while it is true; an app setting would override it, and WRITEBACK_TRUSTED_FRONT would make the gateway believe
+    # X-MS-CLIENT-PRINCIPAL even with Easy Auth turned off. Neither is set anywhere in infra/.
+    for path in INFRA.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            for setting in ("WEBSITE_AUTH_ENABLED", "WRITEBACK_TRUSTED_FRONT"):
+                assert f"{setting}:" not in text and f"'{setting}'" not in text, (path.name, setting)
+    [auth] = [c for _, _, c in _resources(parsed, "Microsoft.Web/sites/config") if c["name"] == "authsettingsV2"]
+    assert auth["properties"]["login"]["tokenStore"] == {"enabled": False}
+
+
+def test_crypto_user_is_granted_per_signing_key_not_on_the_vault(parsed: dict[str, dict[str, Any]]) -> None:
+    rbac = parsed["app/rbac.bicep"]
+    [crypto] = [
+        resource
+        for resource in rbac["resources"].values()
+        if resource["type"] == "Microsoft.Authorization/roleAssignments"
+        and "keyVaultCryptoUser" in _strings(resource["config"])
+    ]
+    assert crypto["config"]["loop_type"]["detail"]["array_name"] == "smartSigningKeyNames"
+    scope = crypto["config"]["config"]["scope"]["operator"]
+    assert scope["type"] == "index_accessor" and scope["operands"]["operand_1"] == "smartKeys"
+    keys = rbac["resources"]["smartKeys"]
+    assert keys["type"] == "Microsoft.KeyVault/vaults/keys" and keys["existing"] is True
+    assert rbac["parameters"]["smartSigningKeyNames"]["default"] == []
