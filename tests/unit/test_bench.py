@@ -46,6 +46,17 @@ def _result() -> dict[str, Any]:
             "episodesPerChange": 3.0,
         },
         "growth": {"validation": [], "lineage": [], "memory": [{"changes": 0, "rssMb": 100.0}]},
+        "client": [
+            {
+                "instances": 1,
+                "callers": 6,
+                "governedRate": 40.0,
+                "directRate": 500.0,
+                "ratio": 0.08,
+                "latency": {"governedP50": 90.0, "governedP95": 150.0, "directP50": 2.0, "directP95": 3.0},
+            }
+        ],
+        "roundTrips": {"before202": 2, "perChange": 6, "perChangeMax": 6, "rateLimiterPerChange": 0.0},
     }
 
 
@@ -55,9 +66,11 @@ def test_report_gives_a_verdict_per_bar_and_explains_the_ratios() -> None:
     table = rows(result)
     verdicts = {name: ok for name, _value, bar, ok in table if bar}
 
-    assert verdicts["Governed / direct"] == "**NOT met**"  # 20 / 500
+    assert verdicts["Client: governed / direct, 1 instance(s)"] == "**NOT met**"  # 40 / 500
+    assert verdicts["Client: one caller, submit → final answer p50 / p95 ms, 1 instance(s)"] == "met"  # 90 ms
     assert verdicts["Intake / no-op"] == "**NOT met**"  # 20 / 100
-    assert verdicts["Table round trips per change (port count)"] == "met"
+    assert verdicts["Table round trips before the 202 (recording proxy)"] == "met"
+    assert verdicts["Table round trips per change across processes (recording proxy, 2 instances)"] == "**NOT met**"
     assert result["derived"]["storageClientCpuMs"] == 20
     assert result["derived"]["projectCpuMs"] == result["cpu"]["outsidePortsMedianMs"] + 1.0  # + the replay
     assert result["derived"]["cpuMsPerChange"]["runtime"] == 50  # 0.5 CPU-s over 10 changes
