@@ -18,7 +18,13 @@ from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
 from shared.core.errors import Issue, NotFoundError, RequestError
 from shared.core.models import RESOURCE_REF, ChangeStatus
-from shared.core.telemetry import CHANGE_ID_ATTRIBUTE, change_span, changes_accepted, current_traceparent
+from shared.core.telemetry import (
+    CHANGE_ID_ATTRIBUTE,
+    change_span,
+    changes_accepted,
+    current_traceparent,
+    inbound_traceparent,
+)
 
 
 class ChangesApi:
@@ -34,7 +40,8 @@ class ChangesApi:
         def action() -> ApiResponse:
             principal = self._access.submitter(headers, base_url)
             state_changing_body(headers, body, limit=self._intake.max_body_bytes)
-            with change_span("writeback.intake", None, traceparent=header(headers, "traceparent")) as span:
+            caller_trace = inbound_traceparent(header(headers, "traceparent"))
+            with change_span("writeback.intake", None, traceparent=caller_trace) as span:
                 result = self._intake.submit(
                     principal, header(headers, "Idempotency-Key"), body, traceparent=current_traceparent()
                 )
