@@ -7,14 +7,16 @@ import azure.functions as func
 
 from orchestrators.http_adapter import base_url_of, headers_of, to_http_response
 from shared import bootstrap
+from shared.core.telemetry import host_trace
 
 bp = df.Blueprint()
 
 
 @bp.route(route="api/v1/changes", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def submit_change(req: func.HttpRequest) -> func.HttpResponse:
+def submit_change(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     api = bootstrap.gateway().changes_api
-    return to_http_response(api.submit(headers_of(req), req.get_body(), base_url_of(req)))
+    with host_trace(context.trace_context):  # the intake's span is the host request span's child
+        return to_http_response(api.submit(headers_of(req), req.get_body(), base_url_of(req)))
 
 
 @bp.route(route="api/v1/changes", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

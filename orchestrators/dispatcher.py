@@ -16,7 +16,7 @@ import azure.functions as func
 from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
 from shared import bootstrap
 from shared.app.dispatch import should_start
-from shared.core.telemetry import change_span, current_traceparent
+from shared.core.telemetry import change_span, current_traceparent, host_trace
 
 bp = df.Blueprint()
 log = logging.getLogger("writeback.dispatcher")
@@ -24,7 +24,14 @@ log = logging.getLogger("writeback.dispatcher")
 
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%WRITEBACK_QUEUE_NAME%", connection="ServiceBusConnection")
 @bp.durable_client_input(client_name="client")
-async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
+async def dispatch_change(
+    msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient, context: func.Context
+) -> None:
+    with host_trace(context.trace_context):  # the span continues the change's trace and links the host's
+        await _dispatch(msg, client)
+
+
+async def _dispatch(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
     message = await asyncio.to_thread(should_start, bootstrap.gateway().journal, msg.get_body())
     if message is None:
         return
