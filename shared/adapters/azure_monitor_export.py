@@ -23,7 +23,7 @@ _log = logging.getLogger(__name__)
 
 
 def azure_monitor_exporters(connection_string: str) -> Exporters:
-    """Exporters to the Application Insights resource of ``connection_string``; nothing is sent before export."""
+    """Exporters to the Application Insights resource of ``connection_string``."""
     return Exporters(
         spans=AzureMonitorTraceExporter(connection_string=connection_string),
         logs=AzureMonitorLogExporter(connection_string=connection_string),
