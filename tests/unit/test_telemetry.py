@@ -89,7 +89,7 @@ def test_the_exporter_receives_spans_only_after_the_redaction() -> None:
 
 @pytest.fixture(scope="module")
 def installed() -> tuple[InMemorySpanExporter, InMemoryLogRecordExporter]:
-    pipeline = configure_telemetry()
+    pipeline = configure_telemetry(Exporters())  # no Azure Monitor, whatever the environment says
     spans, logs = InMemorySpanExporter(), InMemoryLogRecordExporter()
     pipeline.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     pipeline.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
@@ -220,6 +220,7 @@ def test_the_ratio_applies_under_the_hosts_span_which_the_host_always_samples() 
 
 
 def test_the_sampling_ratio_is_a_typed_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WRITEBACK_TRACE_SAMPLING_RATIO", raising=False)
     assert TelemetrySettings().trace_sampling_ratio == 1.0
     monkeypatch.setenv("WRITEBACK_TRACE_SAMPLING_RATIO", "0.25")
     assert TelemetrySettings().trace_sampling_ratio == 0.25
