@@ -15,8 +15,9 @@ from orchestrators import (
     review_page,
     writeback_orchestrator,
 )
-from shared.core.telemetry import configure_telemetry
+from shared.bootstrap import configure_telemetry
 
+# Before any function runs, and in the app rather than in the Python worker: the app's pipeline redacts first.
 configure_telemetry()
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (

@@ -9,15 +9,17 @@ import azure.functions as func
 
 from orchestrators.http_adapter import base_url_of, headers_of, to_http_response
 from shared import bootstrap
+from shared.core.telemetry import host_trace
 
 bp = df.Blueprint()
 
 
 # Async, so that a caller holding its answer with `Prefer: wait=N` holds no worker thread while it waits.
 @bp.route(route="api/v1/changes", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-async def submit_change(req: func.HttpRequest) -> func.HttpResponse:
+async def submit_change(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     api = (await asyncio.to_thread(bootstrap.gateway)).changes_api
-    return to_http_response(await api.submit_and_wait(headers_of(req), req.get_body(), base_url_of(req)))
+    with host_trace(context.trace_context):  # the intake's span is the host request span's child
+        return to_http_response(await api.submit_and_wait(headers_of(req), req.get_body(), base_url_of(req)))
 
 
 @bp.route(route="api/v1/changes", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

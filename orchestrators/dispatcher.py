@@ -17,7 +17,7 @@ import azure.functions as func
 from orchestrators.writeback_orchestrator import ORCHESTRATOR_NAME
 from shared.app.dispatch import parse_message
 from shared.config import get_settings
-from shared.core.telemetry import change_span, current_traceparent
+from shared.core.telemetry import change_span, current_traceparent, host_trace
 
 bp = df.Blueprint()
 log = logging.getLogger("writeback.dispatcher")
@@ -25,7 +25,14 @@ log = logging.getLogger("writeback.dispatcher")
 
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%WRITEBACK_QUEUE_NAME%", connection="ServiceBusConnection")
 @bp.durable_client_input(client_name="client")
-async def dispatch_change(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
+async def dispatch_change(
+    msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient, context: func.Context
+) -> None:
+    with host_trace(context.trace_context):  # the span continues the change's trace and links the host's
+        await _dispatch(msg, client)
+
+
+async def _dispatch(msg: func.ServiceBusMessage, client: df.DurableOrchestrationClient) -> None:
     message = parse_message(msg.get_body())
     change_id = message.change_id
     try:

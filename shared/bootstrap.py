@@ -56,7 +56,7 @@ from shared.app.maintenance import OutboxSweeper
 from shared.app.operations import OperationsService
 from shared.app.pipeline import ChangePipeline
 from shared.app.retention import PayloadPurger
-from shared.config import Settings, get_settings
+from shared.config import Settings, TelemetrySettings, get_settings
 from shared.core.errors import ConfigurationError
 from shared.core.policy import Policy
 from shared.core.ports import (
@@ -73,6 +73,14 @@ from shared.core.ports import (
 )
 from shared.core.rate_limits import Gcra
 from shared.core.targets import TargetConfig, TargetRegistry
+from shared.core.telemetry import SERVICE_NAME
+from shared.core.telemetry_pipeline import (
+    Exporters,
+    TelemetryPipeline,
+    build_pipeline,
+    install_pipeline,
+    installed_pipeline,
+)
 
 FhirClients = Callable[[TargetConfig], FhirClient]
 
@@ -440,3 +448,29 @@ def reset() -> None:
     with _gateway_lock:
         get_settings.cache_clear()
         _gateway = None
+
+
+def configure_telemetry(exporters: Exporters | None = None) -> TelemetryPipeline:
+    """Install this process's telemetry pipeline, once (``function_app.py`` calls it on import).
+
+    Azure Monitor's exporters when ``APPLICATIONINSIGHTS_CONNECTION_STRING`` is set, none otherwise (spans and
+    metrics are still produced, for tests to export where they choose: ``exporters``); sampling by
+    ``WRITEBACK_TRACE_SAMPLING_RATIO``. The service name is the site's (``WEBSITE_SITE_NAME``) in Azure, so the
+    app's spans share the Functions host's cloud role in Application Insights.
+    """
+    installed = installed_pipeline()
+    if installed is not None:
+        return installed
+    settings = TelemetrySettings()
+    if exporters is None and settings.applicationinsights_connection_string:
+        # Imported here: the exporters load a good part of the Azure Monitor SDK, which local runs do not need.
+        from shared.adapters.azure_monitor_export import azure_monitor_exporters, trace_azure_sdk_calls
+
+        exporters = azure_monitor_exporters(settings.applicationinsights_connection_string)
+        trace_azure_sdk_calls()
+    pipeline = build_pipeline(
+        exporters or Exporters(),
+        sampling_ratio=settings.trace_sampling_ratio,
+        service_name=settings.website_site_name or SERVICE_NAME,
+    )
+    return install_pipeline(pipeline)

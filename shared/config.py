@@ -92,3 +92,17 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+class TelemetrySettings(BaseSettings):
+    """What telemetry needs when ``function_app.py`` is imported, before any function runs. Apart from ``Settings``
+    so that a bad setting elsewhere still lets the app be indexed and report it, as before."""
+
+    model_config = SettingsConfigDict(env_prefix="WRITEBACK_", extra="ignore", populate_by_name=True)
+
+    # The share of changes whose trace is kept (1.0 = all); applied by the app's tracer provider, parent-based.
+    trace_sampling_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    applicationinsights_connection_string: str | None = Field(
+        default=None, validation_alias=AliasChoices("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    )
+    website_site_name: str | None = Field(default=None, validation_alias=AliasChoices("WEBSITE_SITE_NAME"))

@@ -88,6 +88,16 @@ var baseAppSettings = {
   WRITEBACK_PUBLIC_BASE_URL: 'https://${name}.azurewebsites.net'
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD;ClientId=${identityClientId}'
+  // The worker gives each function the host's trace context and tells the host to stop re-exporting worker logs
+  // (else they arrive twice). Not PYTHON_ENABLE_OPENTELEMETRY: without this switch the worker has no trace-context
+  // propagator and fails every invocation (azure_functions_worker dispatcher.py, python-worker issue 1881).
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+  // The switch makes the worker call configure_azure_monitor() before it imports the app: with these (the distro's
+  // documented switches) it installs no exporter, so the app's own pipeline, redaction first, is the one that
+  // exports (README: Deployment and telemetry). The app refuses to start if another pipeline got there first.
+  OTEL_TRACES_EXPORTER: 'none'
+  OTEL_LOGS_EXPORTER: 'none'
+  OTEL_METRICS_EXPORTER: 'none'
 }
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {

@@ -22,7 +22,13 @@ from shared.app.journal import ChangeJournal
 from shared.core.errors import Issue, NotFoundError, RequestError
 from shared.core.models import RESOURCE_REF, ChangeStatus
 from shared.core.ports import IntakeLimiter
-from shared.core.telemetry import CHANGE_ID_ATTRIBUTE, change_span, changes_accepted, current_traceparent
+from shared.core.telemetry import (
+    CHANGE_ID_ATTRIBUTE,
+    change_span,
+    changes_accepted,
+    current_traceparent,
+    inbound_traceparent,
+)
 
 VARY_PREFER = {"Vary": "Prefer"}
 
@@ -77,7 +83,8 @@ class ChangesApi:
             if self._limiter is not None:
                 self._limiter.admit(principal.caller_key)
             state_changing_body(headers, body, limit=self._intake.max_body_bytes)
-            with change_span("writeback.intake", None, traceparent=header(headers, "traceparent")) as span:
+            caller_trace = inbound_traceparent(header(headers, "traceparent"))
+            with change_span("writeback.intake", None, traceparent=caller_trace) as span:
                 result = self._intake.submit(
                     principal, header(headers, "Idempotency-Key"), body, traceparent=current_traceparent()
                 )

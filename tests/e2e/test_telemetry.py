@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -21,7 +20,8 @@ from devhost.host import LocalRuntime
 from shared import bootstrap
 from shared.adapters.identity import reset_token_providers
 from shared.api.caller_identity import encode_easyauth_principal
-from shared.core.telemetry import CHANGE_ID_ATTRIBUTE, configure_telemetry
+from shared.bootstrap import configure_telemetry
+from shared.core.telemetry import CHANGE_ID_ATTRIBUTE
 from tools.services.process import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +29,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def exporter() -> InMemorySpanExporter:
-    configure_telemetry()
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
+    provider = configure_telemetry().tracer_provider
+    assert trace.get_tracer_provider() is provider
     memory = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))  # after the redacting processor, like any exporter
     return memory
@@ -75,9 +74,12 @@ def test_one_change_is_one_connected_trace_without_phi(
     runtime = LocalRuntime(app_dir=REPO_ROOT, state_dir=tmp_path / "runtime", port=port)
     runtime.start()
     try:
+        caller_trace = uuid.uuid4().hex
         headers = {
             "X-MS-CLIENT-PRINCIPAL": encode_easyauth_principal("crm", ["Writeback.Submit"], user_id="u-1"),
             "Idempotency-Key": str(uuid.uuid4()),
+            # the local runtime has no host span: the intake continues the caller's trace
+            "traceparent": f"00-{caller_trace}-{uuid.uuid4().hex[:16]}-01",
         }
         body = {
             "target": "local-ehr",
@@ -101,6 +103,7 @@ def test_one_change_is_one_connected_trace_without_phi(
     names = {s.name for s in mine}
     assert {"writeback.intake", "writeback.dispatch", "writeback.prepare", "writeback.write"} <= names, names
     assert any(n.startswith("FHIR GET Patient") for n in names) and any(n.startswith("FHIR POST") for n in names)
-    assert len({s.context.trace_id for s in mine}) == 1  # one connected trace across HTTP, queue, orchestration
+    # one connected trace across HTTP, queue, orchestration: the caller's
+    assert {s.context.trace_id for s in mine} == {int(caller_trace, 16)}
     exported = json.dumps([{"name": s.name, "attributes": dict(s.attributes or {})} for s in spans], default=str)
     assert canary not in exported
