@@ -20,6 +20,7 @@ envelope, so a test sees exactly what the Azure Monitor exporters would have sen
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import importlib
 import inspect
@@ -105,22 +106,33 @@ class EmulatedWorker:
         self.functions = {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
 
     def invoke(self, name: str, trace_parent: str, **kwargs: Any) -> Any:
-        """Run a sync function as the worker does: in its thread pool, after attaching the host's context."""
+        """Run a function as the worker does, after attaching the host's context: a sync one in its thread pool, an
+        async one on its event loop (the dispatcher awaits it in the invocation's task)."""
         fn = self.functions[name]
         context = EmulatedContext(name, EmulatedTraceContext(trace_parent))
         if "context" in inspect.signature(fn).parameters:
             kwargs["context"] = context
+        if inspect.iscoroutinefunction(fn):
+
+            async def in_event_loop() -> Any:
+                self._attach(context)
+                return await fn(**kwargs)
+
+            return asyncio.run(in_event_loop())
         return self.run(lambda: fn(**kwargs), context)
+
+    def _attach(self, context: EmulatedContext) -> None:
+        if self.capability_open_telemetry:
+            carrier = {
+                "traceparent": context.trace_context.trace_parent,
+                "tracestate": context.trace_context.trace_state,
+            }
+            ctx = self.propagator.extract(carrier)  # None.extract with PYTHON_ENABLE_OPENTELEMETRY alone
+            self.context_api.attach(ctx)
 
     def run(self, body: Callable[[], Any], context: EmulatedContext) -> Any:
         def in_worker_thread() -> Any:
-            if self.capability_open_telemetry:
-                carrier = {
-                    "traceparent": context.trace_context.trace_parent,
-                    "tracestate": context.trace_context.trace_state,
-                }
-                ctx = self.propagator.extract(carrier)  # None.extract with PYTHON_ENABLE_OPENTELEMETRY alone
-                self.context_api.attach(ctx)
+            self._attach(context)
             return body()
 
         return self._pool.submit(in_worker_thread).result()

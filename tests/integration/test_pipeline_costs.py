@@ -81,7 +81,7 @@ def test_happy_path_update_costs(
     change_id = accepted.change.change_id
     message = parse_message(json.dumps({"changeId": change_id, "target": "local-ehr"}).encode())
     assert message.change_id == change_id
-    activities = [pipeline.prepare(change_id)]
+    activities = [pipeline.prepare_and_write(change_id)]
 
     assert activities[-1]["status"] == ChangeStatus.COMPLETED.value
     downstream = httpx.get(f"{fhir.control_url}/stats").json()["requests"]
