@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.core.errors import Issue, RequestError, WritebackError
+from shared.core.errors import Issue, RequestError, StorageUnavailableError, WritebackError
 from shared.core.problems import problem_body
 
 log = logging.getLogger("writeback.api")
@@ -40,7 +41,10 @@ def problem(
     error: WritebackError, *, instance: str | None = None, headers: dict[str, str] | None = None
 ) -> ApiResponse:
     status = error.status if 400 <= error.status <= 599 else 500
-    return ApiResponse(status, problem_body(error, instance=instance), dict(headers or {}), PROBLEM_JSON)
+    answer_headers = dict(headers or {})
+    if isinstance(error, StorageUnavailableError) and error.retry_after is not None:
+        answer_headers.setdefault("Retry-After", str(max(1, math.ceil(error.retry_after))))
+    return ApiResponse(status, problem_body(error, instance=instance), answer_headers, PROBLEM_JSON)
 
 
 def answer(action: Callable[[], ApiResponse], instance: str) -> ApiResponse:
