@@ -156,6 +156,18 @@ def test_the_same_removal_made_downstream_is_not_a_conflict() -> None:
     assert "security" not in governed(gw.patient())
 
 
+def test_a_removal_planned_on_an_older_base_version_is_merged_as_a_removal_too() -> None:
+    gw = labelled_gateway()
+    base = gw.patient()["meta"]["versionId"]
+    gw.downstream_update(gender="other")  # the caller read ``base``; the target has moved on before the plan
+    change_id = prepared(gw, meta_patch({"op": "remove", "path": "/meta/security"}) | {"baseVersion": base})
+    assert gw.wire(change_id)["plan"]["changedPaths"] == ["Patient.meta.security"]
+
+    assert gw.pipeline.write(change_id)["status"] == "completed"
+    stored = gw.patient()
+    assert "security" not in governed(stored) and stored["gender"] == "other"
+
+
 # --- rebase itself ------------------------------------------------------------------------------------------------
 
 
