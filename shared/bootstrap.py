@@ -33,7 +33,7 @@ from shared.adapters.fhir_http import HttpFhirClient
 from shared.adapters.identity import token_provider_for
 from shared.adapters.local_queue_publisher import LocalQueuePublisher
 from shared.adapters.servicebus_publisher import ServiceBusPublisher
-from shared.adapters.storage_transport import EnvironmentOnceTransport
+from shared.adapters.storage_transport import blob_client_options, table_client_options
 from shared.adapters.table_approval_nonce_store import TableApprovalNonceStore
 from shared.adapters.table_change_store import TableChangeStore
 from shared.adapters.table_idempotency_store import TableIdempotencyStore
@@ -143,43 +143,42 @@ class Gateway:
 
     # --- storage ------------------------------------------------------------------------------------------------
 
+    @property
+    def _storage_limits(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "connect_timeout": settings.storage_connect_timeout_seconds,
+            "read_timeout": settings.storage_read_timeout_seconds,
+            "retries": settings.storage_retries,
+        }
+
     @cached_property
     def table_service(self) -> TableServiceClient:
         settings = self.settings
+        options = table_client_options(**self._storage_limits)
         if settings.storage_connection_string:
-            return TableServiceClient.from_connection_string(
-                settings.storage_connection_string, transport=EnvironmentOnceTransport()
-            )
+            return TableServiceClient.from_connection_string(settings.storage_connection_string, **options)
         if settings.table_endpoint:
-            return TableServiceClient(
-                settings.table_endpoint, credential=self.credential, transport=EnvironmentOnceTransport()
-            )
+            return TableServiceClient(settings.table_endpoint, credential=self.credential, **options)
         raise ConfigurationError("set WritebackStorage__tableServiceUri (or a storage connection string locally)")
 
     @cached_property
     def blob_service(self) -> BlobServiceClient:
         settings = self.settings
+        options = blob_client_options(**self._storage_limits)
         if settings.storage_connection_string:
-            return BlobServiceClient.from_connection_string(
-                settings.storage_connection_string, transport=EnvironmentOnceTransport()
-            )
+            return BlobServiceClient.from_connection_string(settings.storage_connection_string, **options)
         if settings.blob_endpoint:
-            return BlobServiceClient(
-                settings.blob_endpoint, credential=self.credential, transport=EnvironmentOnceTransport()
-            )
+            return BlobServiceClient(settings.blob_endpoint, credential=self.credential, **options)
         raise ConfigurationError("set WritebackStorage__blobServiceUri (or a storage connection string locally)")
 
     @cached_property
     def change_store(self) -> ChangeStore:
-        store = TableChangeStore(self.table_service, prefix=self.settings.table_prefix)
-        store.ensure_tables()
-        return store
+        return TableChangeStore(self.table_service, prefix=self.settings.table_prefix)
 
     @cached_property
     def sweep_state(self) -> SweepState:
-        state = TableSweepState(self.table_service, prefix=self.settings.table_prefix)
-        state.ensure_tables()
-        return state
+        return TableSweepState(self.table_service, prefix=self.settings.table_prefix)
 
     @cached_property
     def retention_state(self) -> RetentionState:
@@ -189,24 +188,18 @@ class Gateway:
 
     @cached_property
     def idempotency_store(self) -> IdempotencyStore:
-        store = TableIdempotencyStore(self.table_service, prefix=self.settings.table_prefix)
-        store.ensure_tables()
-        return store
+        return TableIdempotencyStore(self.table_service, prefix=self.settings.table_prefix)
 
     @cached_property
     def approval_nonces(self) -> ApprovalNonceStore:
-        nonces = TableApprovalNonceStore(self.table_service, prefix=self.settings.table_prefix)
-        nonces.ensure_tables()
-        return nonces
+        return TableApprovalNonceStore(self.table_service, prefix=self.settings.table_prefix)
 
     @cached_property
     def payload_store(self) -> PayloadStore:
         settings = self.settings
-        store = BlobPayloadStore(
+        return BlobPayloadStore(
             self.blob_service, settings.payload_container, inline_max_bytes=settings.inline_payload_max_bytes
         )
-        store.ensure_container()
-        return store
 
     # --- configuration ----------------------------------------------------------------------------------------
 
@@ -245,7 +238,6 @@ class Gateway:
     def target_guards(self) -> TargetGuards:
         """Each target's rate limit and circuit breaker, held in Table Storage for every instance together."""
         table = GuardTable(self.table_service, prefix=self.settings.table_prefix)
-        table.ensure_tables()
         return lambda target: TableTargetGuard(table, target.id, rate=target.rate_limit_per_second)
 
     @cached_property
@@ -406,6 +398,11 @@ class Gateway:
     def operations_api(self) -> OperationsApi:
         return OperationsApi(self.access, self.operations)
 
+    def _blob_storage_ready(self) -> None:
+        store = self.payload_store
+        if isinstance(store, BlobPayloadStore):
+            store.ensure_container()
+
     @cached_property
     def health_probes(self) -> dict[str, Callable[[], Any]]:
         """What readiness checks: configuration (each target ready, the policy agreeing with the targets), and that
@@ -414,7 +411,7 @@ class Gateway:
             "targets": lambda: targets_readiness(self.targets),
             "policy": lambda: policy_readiness(self.policy),
             "tableStorage": lambda: next(iter(self.table_service.list_tables(results_per_page=1)), None),
-            "blobStorage": lambda: self.payload_store,
+            "blobStorage": self._blob_storage_ready,
         }
 
 

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     blob_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("WRITEBACK_BLOB_ENDPOINT", "WritebackStorage__blobServiceUri")
     )
+    # Storage clients: the SDK's defaults (300 s to connect, 300 s to read, 10 retries) would hold a request for
+    # many minutes when storage does not answer; these keep an outage to a prompt 503 (README, "Configuration").
+    storage_connect_timeout_seconds: float = Field(default=5, gt=0, le=300)
+    storage_read_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    storage_retries: int = Field(default=2, ge=0, le=10)
     table_prefix: str = Field(default="writeback", pattern=r"^[A-Za-z][A-Za-z0-9]{0,29}$")
     payload_container: str = Field(default="writeback-payloads", pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")
     inline_payload_max_bytes: int = Field(default=30_000, ge=0, le=30_000)

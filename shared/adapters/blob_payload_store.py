@@ -8,6 +8,7 @@ import hashlib
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
+from shared.adapters.storage_edge import storage_adapter
 from shared.core.errors import NotFoundError
 from shared.core.record_parts import PayloadRef
 
@@ -27,6 +28,7 @@ def inline_ref(body: bytes, inline_max_bytes: int) -> PayloadRef | None:
     return PayloadRef(kind="inline", sha256=hashlib.sha256(body).hexdigest(), size=len(body), inline=text)
 
 
+@storage_adapter("ensure_container")
 class BlobPayloadStore:
     def __init__(self, service: BlobServiceClient, container: str, *, inline_max_bytes: int = 30_000) -> None:
         self._container: ContainerClient = service.get_container_client(container)

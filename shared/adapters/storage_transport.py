@@ -7,6 +7,15 @@ the app runs, so :class:`EnvironmentOnceTransport` asks requests for those setti
 passes them explicitly on each request: the proxies (``NO_PROXY`` included) and the CA bundle that requests would
 have read. ``~/.netrc`` is not read: the Storage clients sign every request themselves, so a netrc entry could only
 replace their ``Authorization`` header.
+
+``table_client_options`` and ``blob_client_options`` are what the composition root builds the Storage clients with:
+this transport, bounded timeouts and few retries. The SDKs' defaults are 300 s to connect and 300 s per read
+(azure-core ``ConnectionConfiguration``), and 10 retries for Tables (azure-core ``RetryPolicy``) or 3 retries 15 s
+and more apart for Blob (azure-storage-blob ``ExponentialRetry``): storage that does not answer held a request for
+minutes, past the Functions host's HTTP limit, before any error came back. A read timeout below 30 s can cut short
+a write that Table Storage is still allowed to run (its server timeout is 30 s:
+https://learn.microsoft.com/rest/api/storageservices/setting-timeouts-for-table-service-operations); the adapters'
+writes are conditional or idempotent, so the retry that follows finds what happened.
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ from urllib.parse import urlsplit
 
 import requests
 from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import ExponentialRetry
+
+BLOB_RETRY_FIRST_BACKOFF_SECONDS = 1
 
 
 class EnvironmentOnceTransport(RequestsTransport):  # type: ignore[misc]  # azure-core ships no stubs for it
@@ -46,3 +58,18 @@ class EnvironmentOnceTransport(RequestsTransport):  # type: ignore[misc]  # azur
             with self._lock:
                 self._per_host[host] = settings
         return settings
+
+
+def table_client_options(*, connect_timeout: float, read_timeout: float, retries: int) -> dict[str, Any]:
+    """Keyword arguments for a ``TableServiceClient``: the transport, its timeouts (seconds), the retries."""
+    transport = EnvironmentOnceTransport(connection_timeout=connect_timeout, read_timeout=read_timeout)
+    return {"transport": transport, "retry_total": retries}
+
+
+def blob_client_options(*, connect_timeout: float, read_timeout: float, retries: int) -> dict[str, Any]:
+    """Keyword arguments for a ``BlobServiceClient``: as for Tables, with retries about 1 s, 3 s, 5 s... apart."""
+    transport = EnvironmentOnceTransport(connection_timeout=connect_timeout, read_timeout=read_timeout)
+    retry = ExponentialRetry(
+        initial_backoff=BLOB_RETRY_FIRST_BACKOFF_SECONDS, increment_base=2, retry_total=retries, random_jitter_range=1
+    )
+    return {"transport": transport, "retry_policy": retry}

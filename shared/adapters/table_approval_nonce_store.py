@@ -12,11 +12,13 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableServiceClient
 
+from shared.adapters.storage_edge import storage_adapter
 from shared.adapters.storage_errors import storage_error
 from shared.adapters.table_codec import escape_key
 from shared.adapters.table_maintenance import ensure_table, purge_expired_rows
 
 
+@storage_adapter("ensure_tables")
 class TableApprovalNonceStore:
     def __init__(self, service: TableServiceClient, *, prefix: str = "writeback") -> None:
         self._table: TableClient = service.get_table_client(f"{prefix}approvalnonces")

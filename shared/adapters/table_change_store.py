@@ -21,6 +21,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
+from shared.adapters.storage_edge import storage_adapter
 from shared.adapters.storage_errors import storage_error
 from shared.adapters.table_codec import (
     decode_token,
@@ -129,6 +130,7 @@ def record_from_entity(entity: Any) -> ChangeRecord:
     return record
 
 
+@storage_adapter("ensure_tables")
 class TableChangeStore:
     def __init__(self, service: TableServiceClient, *, prefix: str = "writeback") -> None:
         self._changes: TableClient = service.get_table_client(f"{prefix}changes")

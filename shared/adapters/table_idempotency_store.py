@@ -9,6 +9,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
+from shared.adapters.storage_edge import storage_adapter
 from shared.adapters.storage_errors import storage_error
 from shared.adapters.table_codec import escape_key, pack_json, unpack_json
 from shared.adapters.table_maintenance import ensure_table, purge_expired_rows
@@ -32,6 +33,7 @@ def _record(entity: Any) -> IdempotencyRecord:
     return record
 
 
+@storage_adapter("ensure_tables")
 class TableIdempotencyStore:
     def __init__(self, service: TableServiceClient, *, prefix: str = "writeback") -> None:
         self._table: TableClient = service.get_table_client(f"{prefix}idempotency")

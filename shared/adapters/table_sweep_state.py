@@ -13,6 +13,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
+from shared.adapters.storage_edge import storage_adapter
 from shared.adapters.table_maintenance import ensure_table
 from shared.core.models import PendingChange
 
@@ -21,6 +22,7 @@ CURSOR_ROW = "outbox"
 PENDING_PARTITION = "pending"
 
 
+@storage_adapter("ensure_tables")
 class TableSweepState:
     def __init__(self, service: TableServiceClient, *, prefix: str = "writeback") -> None:
         self._table: TableClient = service.get_table_client(f"{prefix}sweep")

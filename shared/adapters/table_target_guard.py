@@ -33,6 +33,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters.fhir_guard import CircuitOpenError
+from shared.adapters.storage_edge import storage_adapter
 from shared.adapters.table_maintenance import ensure_table
 from shared.core.errors import RetryableError
 
@@ -71,6 +72,7 @@ def _float_or_none(value: Any) -> float | None:
     return float(value) if value is not None and float(value) >= 0 else None
 
 
+@storage_adapter("ensure_tables")
 class GuardTable:
     """The guards table: one entity per target."""
 

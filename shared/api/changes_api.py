@@ -7,6 +7,7 @@ one problem+json path (``answer``). The HTTP functions in ``orchestrators/change
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ from shared.api.status_view import accepted_body, lineage_body, status_body
 from shared.api.waiting import ChangeWaiter
 from shared.app.intake import IntakeService
 from shared.app.journal import ChangeJournal
-from shared.core.errors import Issue, NotFoundError, RequestError
+from shared.core.errors import Issue, NotFoundError, RequestError, WritebackError
 from shared.core.models import RESOURCE_REF, ChangeStatus
 from shared.core.ports import IntakeLimiter
 from shared.core.telemetry import (
@@ -31,6 +32,7 @@ from shared.core.telemetry import (
 )
 
 VARY_PREFER = {"Vary": "Prefer"}
+log = logging.getLogger("writeback.api")
 
 
 class ChangesApi:
@@ -68,7 +70,12 @@ class ChangesApi:
         if wait is not None and response.status in (200, 202) and isinstance(response.body, dict):
             response.headers.update(preference_applied(wait))
             if response.status == 202 and response.body.get("status") != "awaiting_approval":
-                record = await self._waiter.until_settled(str(response.body["changeId"]), wait)
+                try:
+                    record = await self._waiter.until_settled(str(response.body["changeId"]), wait)
+                except WritebackError as exc:
+                    # The change is taken in: a failed status read ends the wait, not the answer (poll as usual).
+                    log.info("a wait for change %s ended early: %s", response.body["changeId"], exc.code)
+                    record = None
                 if record is not None:
                     held = change_answer(status_body(record, base_url), terminal=record.status.is_terminal)
                     kept = {k: v for k, v in response.headers.items() if k not in ("Location", "Retry-After")}

@@ -4,12 +4,19 @@ A probe is a callable that raises when its dependency is not ready, or returns a
 of its parts. A configuration error's message is shown (it names files, fields, sources and targets; the files hold
 no secrets) and logged once per process, so an operator finds it without the logs. The targets report each target:
 one that is not configured, or on a loopback address while the app runs in Azure, is not ready, with the reason.
+
+The probes run side by side and the answer waits at most ``PROBE_SECONDS`` for them: a dependency that has not
+answered by then is ``unavailable`` with reason ``timeout``. A storage outage otherwise held the probe for the storage
+clients' whole timeout-and-retry budget, one probe after another (70 s measured with the default limits).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from shared.core.errors import ConfigurationError, WritebackError
@@ -18,6 +25,10 @@ from shared.core.targets import TargetRegistry
 
 log = logging.getLogger("writeback.health")
 _logged: set[str] = set()
+
+PROBE_SECONDS = 5.0
+# Bounded: probes stuck on a dependency that does not answer hold at most these threads, each until its own timeout.
+_probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health-probe")
 
 
 def _probe(name: str, check: Callable[[], Any]) -> dict[str, Any]:
@@ -37,9 +48,19 @@ def _probe(name: str, check: Callable[[], Any]) -> dict[str, Any]:
     return {"state": "ok"}
 
 
-def check_health(probes: Mapping[str, Callable[[], Any]]) -> tuple[bool, dict[str, Any]]:
-    """Run each named probe (a callable that raises when its dependency is not ready, or returns its report)."""
-    dependencies = {name: _probe(name, check) for name, check in probes.items()}
+def check_health(
+    probes: Mapping[str, Callable[[], Any]], *, within: float = PROBE_SECONDS
+) -> tuple[bool, dict[str, Any]]:
+    """Run each named probe (a callable that raises when its dependency is not ready, or returns its report), for
+    ``within`` s at most."""
+    running = {name: _probes.submit(_probe, name, check) for name, check in probes.items()}
+    deadline = time.monotonic() + within
+    dependencies: dict[str, dict[str, Any]] = {}
+    for name, future in running.items():
+        try:
+            dependencies[name] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            dependencies[name] = {"state": "unavailable", "reason": "timeout"}
     ready = all(d["state"] == "ok" for d in dependencies.values())
     return ready, {"status": "ok" if ready else "degraded", "dependencies": dependencies}
 

@@ -46,7 +46,7 @@ from shared.core.errors import (
 )
 from shared.core.faults import checkpoint
 from shared.core.models import ChangeRecord, ChangeRequest, ChangeStatus, Operation, ResourceChange
-from shared.core.planning import PatchApplyError, Plan, PlanConflictError, plan_change
+from shared.core.planning import PatchApplyError, Plan, PlanConflictError, plan_change, rebase
 from shared.core.policy import Policy
 from shared.core.ports import FhirClient, PayloadStore
 from shared.core.problems import pointer
@@ -502,32 +502,17 @@ class ChangePipeline:
     def _merge_on_conflict(self, client: FhirClient, target: TargetConfig, plan: Plan) -> Plan:
         """After a 412: re-read, and put our planned change on top of the new version if the changes are disjoint.
 
-        Ours is what the plan meant to write on top of the version it read (so an earlier merge is kept); theirs is
-        what changed at the target since. Overlap → PlanConflictError; no vread → ConflictError.
+        Ours is what the plan meant to write on top of the version it read, whole (so an earlier merge is kept, and
+        a meta element the plan removed stays removed); theirs is what changed at the target since. Overlap →
+        PlanConflictError; no vread → ConflictError.
         """
         if not target.capabilities.vread or plan.current_version is None or plan.resource_id is None:
             raise ConflictError(detail="the target changed and cannot return the version the plan read")
         current = client.read(plan.resource_type, plan.resource_id)
         base = client.vread(plan.resource_type, plan.resource_id, plan.current_version).resource
-        intended = ChangeRequest(
-            target=target.id,
-            operation=Operation.UPDATE,
-            resource={**plan.proposed, "id": plan.resource_id},
-            base_version=plan.current_version,
-        )
-        merged = plan_change(intended, current=current.resource, current_version=current.version_id, base=base)
-        return Plan(
-            operation=plan.operation,
-            resource_type=plan.resource_type,
-            resource_id=plan.resource_id,
-            base_version=plan.base_version,
-            current_version=merged.current_version,
-            proposed=merged.proposed,
-            diff=merged.diff,
-            changed_paths=merged.changed_paths,
-            merged=True,
-            downstream_paths=merged.downstream_paths,
-        )
+        if current.resource is None or base is None:
+            raise ConflictError(detail="the target changed and cannot return the version the plan read")
+        return rebase(plan, current=current.resource, current_version=current.version_id, base=base)
 
     # --- unhappy ends ----------------------------------------------------------------------------------------
 

@@ -182,6 +182,20 @@ class ConcurrencyError(WritebackError):
     title: ClassVar[str] = "Stored row changed since it was read"
 
 
+@dataclass(eq=False)
+class StorageUnavailableError(WritebackError):
+    """Table or Blob storage did not answer in time, or could not serve (408, 429, 5xx after the SDK's retries).
+
+    Retryable: the same request may succeed later. A caller gets 503 with ``Retry-After`` (``retry_after`` seconds);
+    an activity raising it is retried by the orchestration.
+    """
+
+    status: ClassVar[int] = 503
+    code: ClassVar[str] = "storage-unavailable"
+    title: ClassVar[str] = "Storage temporarily unavailable"
+    retry_after: float | None = None
+
+
 # --- downstream (target FHIR server) errors ------------------------------------------------------------
 
 

@@ -8,7 +8,8 @@ decides on (DESIGN.md §6).
 When the caller read an older version than the target now holds (``baseVersion`` differs from the current version),
 the plan is a three-way merge (DESIGN.md §7): the caller's changes (base → what the caller meant) are applied on top
 of the current version when they touch other elements than the changes made downstream since the base (base →
-current); otherwise ``PlanConflictError`` names the overlapping elements.
+current); otherwise ``PlanConflictError`` names the overlapping elements. ``rebase`` does the same for a plan whose
+write met 412: the plan's proposed resource, as planned, moved onto the newer version.
 
 ``meta`` is planned element by element: ``tag``, ``security``, ``profile``, ``source`` (and ``meta.id``,
 ``meta.extension``) are elements a caller may change, on every operation, under the policy like any other. Left
@@ -42,6 +43,7 @@ __all__ = [
     "element_paths",
     "governed_meta",
     "plan_change",
+    "rebase",
 ]
 
 CHANGE_TAG_SYSTEM: Final = "urn:writeback:change"
@@ -333,6 +335,13 @@ def _put(resource: dict[str, Any], key: ElementKey, value: Any) -> None:
         del resource["meta"]
 
 
+def _version_of(resource: dict[str, Any]) -> str | None:
+    """The ``meta.versionId`` a resource carries, if any."""
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
+
+
 def _version_id(version: str | None) -> str | None:
     """``W/"3"`` or ``"3"`` -> ``3``; any other string as it is."""
     if version is None:
@@ -438,13 +447,16 @@ def _intended(request: ChangeRequest, resource: dict[str, Any]) -> dict[str, Any
     return _with_meta(intended, _clone(_updated_meta(sent.get("meta"), resource.get("meta"))))
 
 
-def _merge(request: ChangeRequest, current: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The caller's changes since ``base`` applied on ``current``, and the element paths changed downstream.
+def _merge(
+    resource_type: str, intended: dict[str, Any], current: dict[str, Any], base: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """The changes ``base`` -> ``intended`` applied on ``current``, and the element paths changed downstream.
 
-    Elements both sides changed to the same value (e.g. our own earlier write that timed out) are not a conflict.
+    ``intended`` is a whole resource as plans hold it (governed meta only): an element it lacks that ``base`` has is
+    a removal, in ``meta`` as anywhere else. Each element of ``meta`` is merged on its own, so a downstream change to
+    another meta element than ours is kept. Elements both sides changed to the same value (e.g. our own earlier
+    write that timed out) are not a conflict.
     """
-    resource_type = request.resource_type
-    intended = _intended(request, base)
     ours_keys = _changed_keys(_diff(base, intended))
     theirs_keys = _changed_keys(_diff(base, current))
     choices = _choice_elements(resource_type)
@@ -505,11 +517,7 @@ def plan_change(
     resource_type = request.resource_type
     resource_id = request.resource_id
     _check_same_resource(current, resource_type, resource_id, "target")
-    if current_version is None:
-        meta = current.get("meta")
-        version = meta.get("versionId") if isinstance(meta, dict) else None
-        current_version = version if isinstance(version, str) else None
-    current_version = _version_id(current_version)
+    current_version = _version_id(current_version if current_version is not None else _version_of(current))
     base_version = request.base_version
 
     merged = False
@@ -522,7 +530,7 @@ def plan_change(
                 issues=[Issue(resource_type, "conflict", "Changed at the target since the base version")],
             )
         _check_same_resource(base, resource_type, resource_id, "base")
-        proposed, downstream = _merge(request, current, base)
+        proposed, downstream = _merge(resource_type, _intended(request, base), current, base)
         merged = True
     else:
         proposed = _intended(request, current)
@@ -540,5 +548,38 @@ def plan_change(
         diff=diff,
         changed_paths=element_paths(resource_type, diff),
         merged=merged,
+        downstream_paths=downstream,
+    )
+
+
+def rebase(plan: Plan, *, current: dict[str, Any], current_version: str | None, base: dict[str, Any]) -> Plan:
+    """``plan`` moved onto the target's newer ``current`` version, after a write of it met 412 (DESIGN.md §7).
+
+    ``base`` is the version the plan was made on (``plan.current_version``, read again). Ours is exactly what the
+    plan would have written on it: ``base`` -> ``plan.proposed``, whole, so an element the plan dropped — a tag,
+    a security label, ``meta.source`` — is a removal, never filled in again from ``base`` (an update's "keep the
+    meta elements it does not send" was applied once, when the caller's request was planned). Theirs is ``base`` ->
+    ``current``. Disjoint elements (each element of ``meta`` counts alone) are merged, keeping both; overlapping
+    ones raise ``PlanConflictError``. The server's ``versionId``/``lastUpdated`` and the gateway's own tags take no
+    part. The merged resource is validated; the operation and the caller's ``base_version`` are kept.
+    """
+    resource_type, resource_id = plan.resource_type, plan.resource_id
+    _check_same_resource(current, resource_type, resource_id, "target")
+    _check_same_resource(base, resource_type, resource_id, "base")
+    intended = _planned_copy(plan.proposed)
+    intended["id"] = resource_id
+    proposed, downstream = _merge(resource_type, intended, current, base)
+    _validate(proposed, resource_type, "merged")
+    diff = _diff(current, proposed)
+    return Plan(
+        operation=plan.operation,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        base_version=plan.base_version,
+        current_version=_version_id(current_version if current_version is not None else _version_of(current)),
+        proposed=proposed,
+        diff=diff,
+        changed_paths=element_paths(resource_type, diff),
+        merged=True,
         downstream_paths=downstream,
     )

@@ -7,7 +7,9 @@ versions the FHIR server holds. Three guarantees:
   changed paths the policy decides on, on create, update and patch (the gateway's own tags are not);
 - an update or patch is version-checked (``If-Match``) or not sent at all;
 - outside ``transaction`` mode the write sends what the policy judged (the planned elements), never the caller's
-  raw JSON Patch, whose operations a target may apply differently.
+  raw JSON Patch, whose operations a target may apply differently;
+- a write that meets 412 is merged onto the newer version with its meta as planned: a tag or label the change
+  removed stays removed, and another writer's change to another meta element is kept (to the same one: a conflict).
 """
 
 from __future__ import annotations
@@ -302,3 +304,130 @@ def test_a_patch_is_written_as_planned_not_as_the_caller_wrote_it(governed: Call
     assert (
         written["gender"] == "female" and {"system": CHANGE_TAG, "code": change["changeId"]} in written["meta"]["tag"]
     )
+
+
+# --- D: meta after a 412 --------------------------------------------------------------------------------------------
+
+META_POLICY = """
+version: "meta-merge-test"
+sources:
+  crm:
+    app_ids: [crm]
+    targets:
+      local-ehr:
+        Patient:
+          operations: [update, patch]
+          paths:
+            Patient.telecom: allow
+            Patient.meta.tag: allow
+            Patient.meta.security: allow
+            Patient.meta.source: allow
+            Patient.meta.profile: allow
+"""
+SYNCED = {"system": "http://example.org/tags", "code": "synced"}
+VERY_RESTRICTED = {"system": CONFIDENTIALITY, "code": "V"}
+PATIENT_PROFILE = "http://example.org/StructureDefinition/patient"
+LABELS = {"security": [RESTRICTED], "tag": [SYNCED], "source": "http://example.org/crm", "profile": [PATIENT_PROFILE]}
+
+
+def callers_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    """The meta elements a caller governs, as the FHIR server holds them (no server elements, no gateway tags)."""
+    meta = {k: v for k, v in resource.get("meta", {}).items() if k in ("security", "source", "profile")}
+    tags = [t for t in resource.get("meta", {}).get("tag", []) if not t["system"].startswith("urn:writeback:")]
+    return {**meta, **({"tag": tags} if tags else {})}
+
+
+def run_past_a_downstream_edit(gov: Governed, body: dict[str, Any], edit: Callable[[], None]) -> dict[str, Any]:
+    """Plan ``body``, let another writer change the resource (``edit``), then write: the write meets 412."""
+    principal = Principal(app_id="crm", user_id="u1", roles=[ROLE_SUBMIT])
+    change_id = gov.intake.submit(principal, uuid.uuid4().hex, json.dumps(body).encode()).change.change_id
+    assert gov.pipeline.prepare(change_id)["status"] == "writing", gov.store.get(change_id)
+    edit()
+    gov.pipeline.write(change_id)
+    record = gov.store.get(change_id)
+    assert record is not None
+    return record.to_wire()
+
+
+def edit_at_target(gov: Governed, resource_id: str, **elements: Any) -> Callable[[], None]:
+    """Another writer's unconditional update of ``resource_id`` (its ``meta`` merged into the stored one)."""
+
+    def edit() -> None:
+        current = gov.client.read("Patient", resource_id).resource
+        assert current is not None
+        meta = {**current.get("meta", {}), **elements.pop("meta", {})}
+        assert gov.client.update({**current, **elements, "meta": meta}).status == 200
+
+    return edit
+
+
+@pytest.mark.parametrize("provenance", ["transaction", "after"])
+@pytest.mark.parametrize("element", ["security", "tag", "source", "profile"])
+def test_a_meta_element_a_patch_removed_stays_removed_after_a_412(
+    governed: Callable[..., Governed], provenance: str, element: str
+) -> None:
+    gov = governed(META_POLICY, provenance=provenance)
+    patient = seed_patient(gov, meta=LABELS)
+    remove = {
+        "target": "local-ehr",
+        "operation": "patch",
+        "resourceRef": f"Patient/{patient['id']}",
+        "patch": [{"op": "remove", "path": f"/meta/{element}"}],
+    }
+    change = run_past_a_downstream_edit(gov, remove, edit_at_target(gov, patient["id"], gender="other"))
+    assert change["status"] == "completed", change
+    assert change["plan"]["changedPaths"] == [f"Patient.meta.{element}"]
+    written, downstream, _ = gov.versions("Patient", patient["id"])
+    assert downstream["gender"] == "other" and written["gender"] == "other"
+    assert callers_meta(written) == {k: v for k, v in LABELS.items() if k != element}
+    assert {"system": CHANGE_TAG, "code": change["changeId"]} in written["meta"]["tag"]
+    assert change["result"]["verified"] is True
+
+
+def test_an_update_that_drops_its_tag_still_drops_it_after_a_412(governed: Callable[..., Governed]) -> None:
+    gov = governed(META_POLICY)
+    patient = seed_patient(gov, meta=LABELS, telecom=[{"system": "phone", "value": "1"}])
+    first = gov.run(update_of(patient, telecom=[{"system": "phone", "value": "2"}]))  # puts the gateway's tags on
+    assert first["status"] == "completed", first
+    read = gov.versions("Patient", patient["id"])[0]
+    ours_only = [t for t in read["meta"]["tag"] if t["system"].startswith("urn:writeback:")]
+    untag = update_of(read, meta={**read["meta"], "tag": ours_only})  # the caller removed its tag from what it read
+    change = run_past_a_downstream_edit(gov, untag, edit_at_target(gov, patient["id"], gender="other"))
+    assert change["status"] == "completed", change
+    written = gov.versions("Patient", patient["id"])[0]
+    assert "tag" not in callers_meta(written) and written["gender"] == "other"
+    assert callers_meta(written)["security"] == [RESTRICTED]
+
+
+def test_a_downstream_label_on_another_meta_element_survives_the_merge(governed: Callable[..., Governed]) -> None:
+    gov = governed(META_POLICY)
+    patient = seed_patient(gov, meta=LABELS)
+    untag = {
+        "target": "local-ehr",
+        "operation": "patch",
+        "resourceRef": f"Patient/{patient['id']}",
+        "patch": [{"op": "remove", "path": "/meta/tag"}],
+    }
+    relabel = edit_at_target(gov, patient["id"], meta={"security": [RESTRICTED, VERY_RESTRICTED]})
+    change = run_past_a_downstream_edit(gov, untag, relabel)
+    assert change["status"] == "completed", change
+    written = callers_meta(gov.versions("Patient", patient["id"])[0])
+    assert "tag" not in written and written["security"] == [RESTRICTED, VERY_RESTRICTED]
+
+
+def test_a_downstream_change_to_the_same_meta_element_is_a_conflict(governed: Callable[..., Governed]) -> None:
+    gov = governed(META_POLICY)
+    patient = seed_patient(gov, meta=LABELS)
+    unlabel = {
+        "target": "local-ehr",
+        "operation": "patch",
+        "resourceRef": f"Patient/{patient['id']}",
+        "patch": [{"op": "remove", "path": "/meta/security"}],
+    }
+    relabel = edit_at_target(gov, patient["id"], meta={"security": [VERY_RESTRICTED]})
+    change = run_past_a_downstream_edit(gov, unlabel, relabel)
+    assert change["status"] == "conflict", change
+    assert change["plan"]["conflict"]["overlap"] == ["Patient.meta.security"]
+    newest = gov.versions("Patient", patient["id"])[0]
+    assert callers_meta(newest)["security"] == [VERY_RESTRICTED], "the other writer's label stands"
+    assert len(gov.versions("Patient", patient["id"])) == 2

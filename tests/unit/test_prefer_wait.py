@@ -11,8 +11,10 @@ import pytest
 
 from shared.api.caller_identity import ROLE_AUDIT, encode_easyauth_principal
 from shared.api.prefer import MAX_WAIT_SECONDS, requested_wait
+from shared.api.waiting import ChangeWaiter
 from shared.app.journal import Step
 from shared.bootstrap import Gateway
+from shared.core.errors import StorageUnavailableError
 from shared.core.models import ChangeRecord, ChangeStatus
 from tests.fake_gateway import fake_gateway, with_change_awaiting_approval
 from tests.records import a_change_record
@@ -93,3 +95,15 @@ def test_no_wait_for_a_change_awaiting_a_person_or_an_error() -> None:
     assert time.monotonic() - started < 1
     assert answer.status == 202 and answer.body["status"] == "awaiting_approval"
     assert missing.status == 404 and "Preference-Applied" not in missing.headers
+
+
+def test_a_status_read_failing_during_the_wait_answers_the_202_not_an_error() -> None:
+    gw = fake_gateway()
+    running_change(gw)
+
+    def unavailable(change_id: str) -> ChangeRecord:
+        raise StorageUnavailableError(detail="storage did not answer")
+
+    gw.changes_api._waiter = ChangeWaiter(unavailable)
+    answer = asyncio.run(gw.changes_api.get_change_and_wait(auditor_headers(Prefer="wait=5"), "c1", "http://gw"))
+    assert answer.status == 202 and answer.headers["Retry-After"] == "1"
