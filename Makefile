@@ -18,7 +18,7 @@ $(STAMP_CHECKOV):
 	.venv-checkov/bin/python -m pip install --quiet checkov==3.3.30
 	touch $@
 
-$(STAMP_PY): requirements.txt requirements-dev.txt
+$(STAMP_PY): requirements.txt requirements-local.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
