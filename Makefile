@@ -73,9 +73,10 @@ endif
 run: setup-run
 	$(PY) -m tools.services --with-gateway
 
-# Only the local services (then `make gateway` in another terminal, to restart the gateway alone).
+# Only the local services (then `make gateway` in another terminal, to restart the gateway alone, or `func start`
+# with Core Tools): also writes local.settings.json for Core Tools, pointed at them.
 services: setup-run
-	$(PY) -m tools.services
+	$(PY) -m tools.services --local-settings local.settings.json
 
 gateway: setup-run
 	$(PY) -m devhost --local-services "$${WRITEBACK_DEV_STATE_DIR:-.local}/endpoints.json"
