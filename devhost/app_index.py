@@ -1,4 +1,5 @@
-"""Load a v2-model ``function_app`` module and index its functions by trigger, as the host's indexer does."""
+"""Load a v2-model ``function_app`` module, find its app object as the Python worker does, and index its functions
+by trigger, as the host's indexer does."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+from azure.functions import FunctionRegister
 
 HTTP = "httpTrigger"
 ORCHESTRATION = "orchestrationTrigger"
@@ -77,21 +81,47 @@ class AppIndex:
         return {f.durable_name: f for f in self.by_trigger(trigger_type)}
 
 
-def load_app(module: str = "function_app", app_dir: Path | None = None, attribute: str = "app") -> AppIndex:
+def find_function_app(module: ModuleType) -> FunctionRegister:
+    """The module's one function app, found as the Python worker finds it: the module-level attribute that is a
+    ``FunctionRegister`` (``func.FunctionApp``, ``df.DFApp``, ...), whatever its name. Like the worker, it goes
+    through the module's attribute names in order, so one app bound to two names counts twice.
+
+    Emulates ``index_function_app`` in the Python worker's azure_functions_worker/loader.py, with its error
+    messages (https://github.com/Azure/azure-functions-python-worker/blob/7e6acf36e43335ad69742923af9ff3d62b99242a/
+    azure_functions_worker/loader.py); the worker names its script file (``PYTHON_SCRIPT_FILE_NAME``, default
+    ``function_app.py``) where this names the module's file.
+    """
+    found: FunctionRegister | None = None
+    for name in module.__dir__():
+        value = getattr(module, name, None)
+        if isinstance(value, FunctionRegister):
+            if found is not None:
+                raise ValueError(
+                    f"More than one {found.__class__.__name__} or other top level function app instances are defined."
+                )
+            found = value
+    if found is None:
+        script = Path(module.__file__ or f"{module.__name__}.py").name
+        raise ValueError(f"Could not find top level function app instances in {script}.")
+    return found
+
+
+def load_app(module: str = "function_app", app_dir: Path | None = None) -> AppIndex:
     """Import ``module`` from ``app_dir`` (default: the current directory) and index its functions."""
     directory = str((app_dir or Path.cwd()).resolve())
     if directory not in sys.path:
         sys.path.insert(0, directory)
-    mod = importlib.import_module(module)
-    app = getattr(mod, attribute)
+    app = find_function_app(importlib.import_module(module))
     # get_functions() is not idempotent in azure-functions 1.26 (FACTS.md): reset its cache first.
     app.functions_bindings = None
     index = AppIndex(app=app)
     for fn in app.get_functions():
+        name = fn.get_function_name()
+        assert name is not None  # the decorators default it to the Python function's name
         bindings = [json.loads(raw) for raw in fn.get_raw_bindings()]
         trigger = next(b for b in bindings if b["type"].endswith("Trigger"))
-        index.functions[fn.get_function_name()] = FunctionInfo(
-            name=fn.get_function_name(),
+        index.functions[name] = FunctionInfo(
+            name=name,
             trigger=trigger,
             bindings=[b for b in bindings if b is not trigger],
             func=fn.get_user_function(),

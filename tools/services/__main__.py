@@ -9,6 +9,9 @@ WRITEBACK_DEV_AZURITE_PORT (10000; queue and table on the next two). Azurite kee
 the OpenID provider its key and client secrets under .local/openid; the FHIR server keeps its data in memory, so it
 starts empty each time. The URLs are printed and written to .local/endpoints.json. Ctrl-C (or SIGTERM) stops
 everything.
+
+``--local-settings PATH`` (``make services`` passes ``local.settings.json``) also writes Core Tools' settings file,
+pointing ``func start`` at these services (``tools.services.local_settings``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from devhost.launch import launch
 from devhost.supervisor import Supervisor
 from tools.services.azurite import start_azurite
 from tools.services.fhir_server import start_fhir_server
+from tools.services.local_settings import write_local_settings
 from tools.services.openid_provider import start_openid_provider
 from tools.services.process import REPO_ROOT
 from tools.services.seed import bearer_token, seed_patients
@@ -48,6 +52,12 @@ def _port(name: str, default: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.services")
     parser.add_argument("--with-gateway", action="store_true", help="also run the gateway in the local runtime")
+    parser.add_argument(
+        "--local-settings",
+        type=Path,
+        metavar="PATH",
+        help="also write Core Tools' local.settings.json there, pointing `func start` at these services",
+    )
     args = parser.parse_args(argv)
     log_dir = LOCAL_DIR / "logs"
     stopping: list[Callable[[], None]] = []
@@ -103,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Review page        {review}  (App Service Authentication emulated: sign in as a demo user)")
             else:
                 print(f"Review page        {review}  (no sign-in: EASYAUTH=1 emulates App Service Authentication)")
-        # Written once everything, the gateway's instances included, is ready: a script that waits for the file
-        # finds the whole stack answering.
+        # Written once everything, the gateway's instances included, is ready (Core Tools' settings just before): a
+        # script that waits for the file finds the whole stack answering.
+        core_tools = write_local_settings(args.local_settings, endpoints) if args.local_settings else None
         LOCAL_DIR.mkdir(exist_ok=True)
         path = LOCAL_DIR / "endpoints.json"
         path.write_text(json.dumps(endpoints, indent=2) + "\n")
@@ -115,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"OpenID provider    {openid.issuer}  (demo users: config/demo-users.yaml)")
         print(f"Seeded             {', '.join(seeded)}")
         print(f"Endpoints file     {path}")
+        if core_tools:
+            print(f"Core Tools         {core_tools}")
         print(f"Logs               {log_dir}/")
         print("Ctrl-C stops everything.", flush=True)
         while all(s.process.alive() for s in (azurite, token, fhir, openid)):
