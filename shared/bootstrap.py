@@ -228,6 +228,16 @@ class Gateway:
         settings = self.settings
         if settings.local_runtime_url:
             return LocalQueuePublisher(settings.local_runtime_url, settings.queue_name)
+        if settings.servicebus_connection_string is not None and not settings.servicebus_namespace:
+            if settings.website_site_name is not None:
+                raise ConfigurationError(
+                    "ServiceBusConnection holds a connection string: in Azure the connection is identity-based "
+                    "(set ServiceBusConnection__fullyQualifiedNamespace instead)"
+                )
+            # The Service Bus emulator (func start): the trigger reads the same setting.
+            return ServiceBusPublisher(
+                settings.queue_name, connection_string=settings.servicebus_connection_string.get_secret_value()
+            )
         if not settings.servicebus_namespace:
             raise ConfigurationError("set ServiceBusConnection__fullyQualifiedNamespace")
         return ServiceBusPublisher(

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
             "WRITEBACK_SERVICEBUS_NAMESPACE", "ServiceBusConnection__fullyQualifiedNamespace"
         ),
     )
+    # A connection string for the Service Bus emulator under `func start` (local.settings.json's ServiceBusConnection,
+    # which the trigger reads too); never in Azure, where the connection is identity-based (refused there).
+    servicebus_connection_string: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ServiceBusConnection")
+    )
     managed_identity_client_id: str | None = Field(
         default=None, validation_alias=AliasChoices("WRITEBACK_MANAGED_IDENTITY_CLIENT_ID", "AZURE_CLIENT_ID")
     )

@@ -89,14 +89,15 @@ def test_what_make_services_writes_builds_the_apps_parts(monkeypatch: pytest.Mon
     build_app_parts(monkeypatch, core_tools_values(ENDPOINTS), *APP_PARTS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigurationError,
-    reason="the app publishes with an identity-based namespace only (shared/bootstrap.py `publisher`): it does not "
-    "read the ServiceBusConnection connection string the emulator needs, so under func start intake cannot enqueue",
-)
 def test_the_app_can_publish_to_the_queue_the_trigger_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under func start with the emulator, intake publishes on the connection string the trigger reads."""
     build_app_parts(monkeypatch, core_tools_values(ENDPOINTS), "publisher")
+
+
+def test_a_service_bus_connection_string_is_refused_in_azure(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {**core_tools_values(ENDPOINTS), "WEBSITE_SITE_NAME": "writeback-app"}
+    with pytest.raises(ConfigurationError, match="identity-based"):
+        build_app_parts(monkeypatch, values, "publisher")
 
 
 def test_the_writer_keeps_the_users_settings_and_refreshes_the_services(tmp_path: Path) -> None:
