@@ -22,7 +22,6 @@ import httpx
 import pytest
 from azure.functions.timer import TimerRequest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -33,8 +32,9 @@ from shared import bootstrap
 from shared.adapters.identity import reset_token_providers
 from shared.api.caller_identity import encode_easyauth_principal
 from shared.app.journal import utcnow
+from shared.bootstrap import configure_telemetry
 from shared.config import get_settings
-from shared.core.telemetry import CHANGE_ID_ATTRIBUTE, configure_telemetry
+from shared.core.telemetry import CHANGE_ID_ATTRIBUTE
 from tools.services.process import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.e2e
@@ -63,9 +63,8 @@ def canaries_in(text: str) -> list[str]:
 
 @pytest.fixture
 def exporter() -> InMemorySpanExporter:
-    configure_telemetry()
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
+    provider = configure_telemetry().tracer_provider
+    assert trace.get_tracer_provider() is provider
     memory = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))  # after the redacting processor, like any exporter
     return memory
