@@ -186,6 +186,10 @@ class LocalServiceBus:
         self._db.execute("PRAGMA busy_timeout=30000")
         with self._lock:
             self._db.executescript(_SCHEMA)
+        # Sends made through this process, so its receivers wake at once (Service Bus pushes to an AMQP receiver
+        # with link credit; a send from another process is still found by the receivers' polling).
+        self._arrivals = threading.Condition()
+        self._sent = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -274,7 +278,20 @@ class LocalServiceBus:
                     expires_at,
                 ),
             )
+        with self._arrivals:
+            self._sent += 1
+            self._arrivals.notify_all()
         return True
+
+    def sends_seen(self) -> int:
+        """A counter of the sends made through this object, to wait on with ``wait_for_send``."""
+        with self._arrivals:
+            return self._sent
+
+    def wait_for_send(self, seen: int, timeout: float) -> None:
+        """Return when a send was made through this object since ``sends_seen()`` gave ``seen``, or ``timeout``."""
+        with self._arrivals:
+            self._arrivals.wait_for(lambda: self._sent != seen, timeout)
 
     # --- receiving and settling --------------------------------------------------------------------------
 

@@ -282,6 +282,7 @@ class ServiceBusTriggerPump:
                 return
             if free <= 0:
                 continue
+            seen = self.bus.sends_seen()
             try:
                 batches = self._receive(listener, free)
             except Exception as exc:
@@ -290,7 +291,7 @@ class ServiceBusTriggerPump:
                 self._stop.wait(self.poll_interval)
                 continue
             if not batches:
-                self._stop.wait(self.poll_interval)
+                self.bus.wait_for_send(seen, self.poll_interval)  # a send in this process wakes it at once
                 continue
             for batch in batches:
                 self._submit(listener, batch)

@@ -50,7 +50,7 @@ class ChangesApi:
         self._intake = intake
         self._journal = journal
         self._known_targets = known_targets
-        self._waiter = waiter or ChangeWaiter(journal.store.get)
+        self._waiter = waiter or ChangeWaiter(journal.store.get, signals=journal.signals)
         self._limiter = limiter
 
     async def submit_and_wait(self, headers: Mapping[str, str], body: bytes, base_url: str) -> ApiResponse:

@@ -2,20 +2,27 @@
 
 No in-process signal is assumed: in Azure the orchestration of a change runs on any instance, so the waiter reads
 the stored record, quickly at first and then less often, until the change has ended or waits for a person, or the
-time is up. It sleeps with ``asyncio`` between reads (an HTTP function that awaits it holds no worker thread while
-it waits); each read runs in a thread, since the Table client is synchronous.
+time is up. When this process itself records the change settled, a hint (``SettleSignals``) wakes the waiter before
+its next scheduled read — it still reads storage to answer. It sleeps with ``asyncio`` between reads (an HTTP
+function that awaits it holds no worker thread while it waits); each read runs in a thread, since the Table client
+is synchronous.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+from shared.app.settle_signals import SettleSignals
 from shared.core.models import ChangeRecord, ChangeStatus
 
 FIRST_POLL_SECONDS = 0.01
-MAX_POLL_SECONDS = 0.25
+# Each read comes half again later than the one before (reads at 10, 25, 47, 81, 132, 208, 322, 493 ms, then every
+# 500 ms): a change settled by another instance is answered at most about a third late; in this process, at once.
+POLL_GROWTH = 1.5
+MAX_POLL_SECONDS = 0.5
 
 
 def settled(record: ChangeRecord) -> bool:
@@ -28,12 +35,14 @@ class ChangeWaiter:
         self,
         read: Callable[[str], ChangeRecord | None],
         *,
+        signals: SettleSignals | None = None,
         first_poll: float = FIRST_POLL_SECONDS,
         max_poll: float = MAX_POLL_SECONDS,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._read = read
+        self._signals = signals
         self._first_poll = first_poll
         self._max_poll = max_poll
         self._sleep = sleep
@@ -43,12 +52,28 @@ class ChangeWaiter:
         """The change once settled, or None when ``seconds`` pass first (or it cannot be read)."""
         deadline = self._monotonic() + seconds
         delay = self._first_poll
-        while True:
-            left = deadline - self._monotonic()
-            if left <= 0:
-                return None
-            await self._sleep(min(delay, left))
-            delay = min(delay * 2, self._max_poll)
-            record = await asyncio.to_thread(self._read, change_id)
-            if record is not None and settled(record):
-                return record
+        hint = self._signals.listen(change_id) if self._signals is not None else None
+        try:
+            while True:
+                left = deadline - self._monotonic()
+                if left <= 0:
+                    return None
+                await self._pause(min(delay, left), hint)
+                delay = min(delay * POLL_GROWTH, self._max_poll)
+                record = await asyncio.to_thread(self._read, change_id)
+                if record is not None and settled(record):
+                    return record
+                if hint is not None and hint.is_set():
+                    assert self._signals is not None
+                    self._signals.forget(change_id, hint)
+                    hint = self._signals.listen(change_id)
+        finally:
+            if hint is not None and self._signals is not None:
+                self._signals.forget(change_id, hint)
+
+    async def _pause(self, seconds: float, hint: asyncio.Event | None) -> None:
+        if hint is None:
+            await self._sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hint.wait(), seconds)

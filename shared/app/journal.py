@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.app.settle_signals import SettleSignals
 from shared.core.errors import ConcurrencyError, NotFoundError
 from shared.core.models import ChangeRecord, ChangeStatus, LineageEvent
 from shared.core.ports import ChangeStore
@@ -53,8 +54,10 @@ class ChangeJournal:
         clock: Callable[[], datetime] = utcnow,
         cache_ttl: float = CACHE_TTL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        signals: SettleSignals | None = None,
     ) -> None:
         self.store = store
+        self.signals = signals or SettleSignals()
         self._clock = clock
         self._cache_ttl = cache_ttl
         self._monotonic = monotonic
@@ -120,6 +123,8 @@ class ChangeJournal:
             raise
         if new_status is not record.status:
             _count_transition(record.status, new_status, record.target)
+            if new_status.is_terminal or new_status is ChangeStatus.AWAITING_APPROVAL:
+                self.signals.settled(record.change_id)
         return self._remember(written)
 
     def _event(

@@ -12,7 +12,7 @@ import pytest
 from shared.api.caller_identity import ROLE_AUDIT, encode_easyauth_principal
 from shared.api.prefer import MAX_WAIT_SECONDS, requested_wait
 from shared.api.waiting import ChangeWaiter
-from shared.app.journal import Step
+from shared.app.journal import ChangeJournal, Step
 from shared.bootstrap import Gateway
 from shared.core.errors import StorageUnavailableError
 from shared.core.models import ChangeRecord, ChangeStatus
@@ -107,3 +107,24 @@ def test_a_status_read_failing_during_the_wait_answers_the_202_not_an_error() ->
     gw.changes_api._waiter = ChangeWaiter(unavailable)
     answer = asyncio.run(gw.changes_api.get_change_and_wait(auditor_headers(Prefer="wait=5"), "c1", "http://gw"))
     assert answer.status == 202 and answer.headers["Retry-After"] == "1"
+
+
+def test_a_change_settled_in_this_process_wakes_the_wait_before_its_next_read() -> None:
+    """The hint only wakes the wait early; the answer still comes from storage. A change settled by another process
+    (another journal: no hint) is found at the next scheduled read."""
+    for same_process, bound in ((True, 1.0), (False, 10.0)):
+        gw = fake_gateway()
+        record = running_change(gw)
+        gw.changes_api._waiter = ChangeWaiter(gw.journal.store.get, signals=gw.journal.signals, first_poll=3.0)
+        recorder = gw.journal if same_process else ChangeJournal(gw.journal.store)
+
+        def finish(recorder: ChangeJournal = recorder, record: ChangeRecord = record) -> None:
+            time.sleep(0.2)
+            recorder.record(record, [Step("completed")], status=ChangeStatus.COMPLETED)
+
+        threading.Thread(target=finish).start()
+        started = time.monotonic()
+        answer = asyncio.run(gw.changes_api.get_change_and_wait(auditor_headers(Prefer="wait=10"), "c1", "http://gw"))
+        elapsed = time.monotonic() - started
+        assert answer.status == 200, same_process
+        assert elapsed < bound and (same_process or elapsed >= 2.9), (same_process, elapsed)
