@@ -19,10 +19,11 @@ from shared.app.settle_signals import SettleSignals
 from shared.core.models import ChangeRecord, ChangeStatus
 
 FIRST_POLL_SECONDS = 0.01
-# Each read comes half again later than the one before (reads at 10, 25, 47, 81, 132, 208, 322, 493 ms, then every
-# 500 ms): a change settled by another instance is answered at most about a third late; in this process, at once.
-POLL_GROWTH = 1.5
-MAX_POLL_SECONDS = 0.5
+# Each read comes twice as late as the one before (reads at 10, 30, 70, 150, 310, 630 ms, then every second): a
+# change settled by another instance is answered at most about half late (its status reads cost CPU and a round trip
+# each); one settled in this process, at once.
+POLL_GROWTH = 2.0
+MAX_POLL_SECONDS = 1.0
 
 
 def settled(record: ChangeRecord) -> bool:

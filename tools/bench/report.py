@@ -377,8 +377,8 @@ def client_reading(result: dict[str, Any]) -> list[str]:
             f"{c['ratio']:.3f}, bar 0.1 at one instance); one caller waited {lat['governedP50']:.0f} ms (p50, p95 "
             f"{lat['governedP95']:.0f}) from submit to the final answer, against {lat['directP50']:.1f} ms for a "
             "direct write. The governed path is a Service Bus hop, an orchestration episode and its activity, and "
-            "the waiting request sees the end on its next read of the record (10 ms at first, each gap half again "
-            "longer, up to 500 ms apart; at once when the same process settled it)."
+            "the waiting request sees the end on its next read of the record (10 ms at first, each gap twice "
+            "as long, up to a second apart; at once when the same process settled it)."
         )
     trips = result.get("roundTrips")
     if trips:
