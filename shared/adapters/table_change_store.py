@@ -31,7 +31,7 @@ from shared.adapters.table_codec import (
     pack_json,
     unpack_json,
 )
-from shared.adapters.table_maintenance import MAX_BATCH, ensure_table
+from shared.adapters.table_maintenance import MAX_BATCH, ensure_table, entity_or_none
 from shared.adapters.table_transactions import submit_transaction
 from shared.core.models import ChangeRecord, ChangeStatus, LineageEvent, Page, ResourceChange
 
@@ -185,13 +185,8 @@ class TableChangeStore:
             raise mapped from exc
 
     def get(self, change_id: str) -> ChangeRecord | None:
-        try:
-            entity = self._changes.get_entity(change_id, RECORD_ROW)
-        except HttpResponseError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
-        return record_from_entity(entity)
+        entity = entity_or_none(self._changes, change_id, RECORD_ROW)
+        return record_from_entity(entity) if entity is not None else None
 
     def lineage(self, change_id: str) -> list[LineageEvent]:
         query = (

@@ -12,7 +12,7 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from shared.adapters.storage_edge import storage_adapter
 from shared.adapters.storage_errors import storage_error
 from shared.adapters.table_codec import escape_key, pack_json, unpack_json
-from shared.adapters.table_maintenance import ensure_table, purge_expired_rows
+from shared.adapters.table_maintenance import ensure_table, entity_or_none, purge_expired_rows
 from shared.core.models import IdempotencyRecord
 
 
@@ -49,12 +49,8 @@ class TableIdempotencyStore:
         return record.model_copy(update={"etag": meta.get("etag")})
 
     def get(self, caller: str, key: str) -> IdempotencyRecord | None:
-        try:
-            return _record(self._table.get_entity(escape_key(caller), escape_key(key)))
-        except HttpResponseError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+        entity = entity_or_none(self._table, escape_key(caller), escape_key(key))
+        return _record(entity) if entity is not None else None
 
     def update(self, record: IdempotencyRecord) -> IdempotencyRecord:
         if record.etag is None:

@@ -19,11 +19,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import TableClient, TableServiceClient
 
-from shared.adapters.table_maintenance import ensure_table
+from shared.adapters.table_maintenance import ensure_table, entity_or_none, write_if_unchanged
 from shared.core.errors import RetryableError
 from shared.core.rate_limits import Gcra
 
@@ -78,29 +76,12 @@ class TableIntakeLimiter:
                 self._copies.popitem(last=False)
 
     def _read(self, partition: str) -> tuple[float, str | None]:
-        try:
-            entity = self.table.get_entity(partition, LIMIT_ROW)
-        except HttpResponseError as exc:
-            if exc.status_code == 404:
-                return 0.0, None
-            raise
+        entity = entity_or_none(self.table, partition, LIMIT_ROW)
+        if entity is None:
+            return 0.0, None
         copy = (float(entity.get("Tat") or 0.0), entity.metadata.get("etag"))
         self._remember(partition, copy)
         return copy
 
     def _write(self, partition: str, tat: float, etag: str | None) -> str | None:
-        entity = {"PartitionKey": partition, "RowKey": LIMIT_ROW, "Tat": tat}
-        try:
-            if etag is None:
-                meta = self.table.create_entity(entity)
-            else:
-                meta = self.table.update_entity(
-                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                )
-        except (ResourceExistsError, ResourceModifiedError):
-            return None
-        except HttpResponseError as exc:
-            if exc.status_code in (409, 412):
-                return None
-            raise
-        return str(meta.get("etag") or "")
+        return write_if_unchanged(self.table, {"PartitionKey": partition, "RowKey": LIMIT_ROW, "Tat": tat}, etag)

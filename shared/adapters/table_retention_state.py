@@ -14,7 +14,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from shared.adapters.table_maintenance import ensure_table
+from shared.adapters.table_maintenance import ensure_table, entity_or_none
 from shared.core.models import DuePurge, RetentionCursor
 
 CURSOR_PARTITION = "cursor"
@@ -41,12 +41,9 @@ class TableRetentionState:
         ensure_table(self._table)
 
     def cursor(self) -> RetentionCursor | None:
-        try:
-            entity = self._table.get_entity(CURSOR_PARTITION, CURSOR_ROW)
-        except HttpResponseError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+        entity = entity_or_none(self._table, CURSOR_PARTITION, CURSOR_ROW)
+        if entity is None:
+            return None
         below = entity.get("FullPassBelow")
         return RetentionCursor(
             next_id=str(entity.get("NextId") or ""),

@@ -14,7 +14,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
 from shared.adapters.storage_edge import storage_adapter
-from shared.adapters.table_maintenance import ensure_table
+from shared.adapters.table_maintenance import ensure_table, entity_or_none
 from shared.core.models import PendingChange
 
 CURSOR_PARTITION = "cursor"
@@ -31,12 +31,9 @@ class TableSweepState:
         ensure_table(self._table)
 
     def cursor(self) -> datetime | None:
-        try:
-            entity = self._table.get_entity(CURSOR_PARTITION, CURSOR_ROW)
-        except HttpResponseError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+        entity = entity_or_none(self._table, CURSOR_PARTITION, CURSOR_ROW)
+        if entity is None:
+            return None
         value = entity.get("Cursor")
         return value if isinstance(value, datetime) else None
 

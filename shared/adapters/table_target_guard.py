@@ -28,13 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import TableClient, TableServiceClient
 
 from shared.adapters.fhir_guard import CircuitOpenError
 from shared.adapters.storage_edge import storage_adapter
-from shared.adapters.table_maintenance import ensure_table
+from shared.adapters.table_maintenance import ensure_table, entity_or_none, write_if_unchanged
 from shared.core.errors import RetryableError
 
 GUARD_ROW = "guard"
@@ -83,31 +81,14 @@ class GuardTable:
         ensure_table(self.table)
 
     def read(self, target_id: str) -> tuple[GuardState, str | None]:
-        try:
-            entity = self.table.get_entity(target_id, GUARD_ROW)
-        except HttpResponseError as exc:
-            if exc.status_code == 404:
-                return GuardState(), None
-            raise
+        entity = entity_or_none(self.table, target_id, GUARD_ROW)
+        if entity is None:
+            return GuardState(), None
         return GuardState.of(entity), entity.metadata.get("etag")
 
     def write(self, target_id: str, state: GuardState, etag: str | None) -> str | None:
         """Store ``state`` if the entity is still at ``etag`` (absent when None); the new ETag, or None on a race."""
-        entity = state.entity(target_id)
-        try:
-            if etag is None:
-                meta = self.table.create_entity(entity)
-            else:
-                meta = self.table.update_entity(
-                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-                )
-        except (ResourceExistsError, ResourceModifiedError):
-            return None
-        except HttpResponseError as exc:
-            if exc.status_code in (409, 412):
-                return None
-            raise
-        return str(meta.get("etag")) if meta.get("etag") else None
+        return write_if_unchanged(self.table, state.entity(target_id), etag) or None
 
 
 class TableTargetGuard:

@@ -255,6 +255,23 @@ def start_gateway(
     return gw
 
 
+def serve_gateway(request: pytest.FixtureRequest, name: str, **settings: str) -> Iterator[Gateway]:
+    """For a fixture (``yield from``): a gateway on the session's services with extra app settings, in a state
+    folder of its own, stopped afterwards."""
+    gw = start_gateway(
+        request.getfixturevalue("azurite"),
+        request.getfixturevalue("token_endpoint"),
+        request.getfixturevalue("fhir_server"),
+        request.getfixturevalue("fhir_token"),
+        request.getfixturevalue("tmp_path_factory").mktemp(name),
+        **settings,
+    )
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)
+
+
 def stop_gateway(gw: Gateway) -> None:
     """SIGTERM (the supervisor stops its instances), then SIGKILL to the whole process group if it hangs."""
     gw.proc.terminate()
@@ -278,3 +295,49 @@ def gateway(
 def patient(gateway: Gateway) -> dict[str, Any]:
     """A fresh Patient at the target (a new id per test), as the target stored it."""
     return put_patient(gateway, f"p-{uuid.uuid4().hex[:12]}")
+
+
+# --- the gateway in this process (to read its spans and logs) ---------------------------------------------------
+
+
+@pytest.fixture
+def exporter() -> Any:
+    """Finished spans of this process, taken after the app's redacting processor, as any exporter takes them."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shared.bootstrap import configure_telemetry
+
+    provider = configure_telemetry().tracer_provider
+    assert trace.get_tracer_provider() is provider
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return memory
+
+
+def use_local_services_here(
+    monkeypatch: pytest.MonkeyPatch, azurite: Any, token_endpoint: Any, fhir_server: Any, prefix: str
+) -> int:
+    """Point this process's gateway at the local services (fresh tables under ``prefix``); the port its runtime
+    should serve, which the app reaches its local queue through."""
+    from shared import bootstrap
+    from shared.adapters.identity import reset_token_providers
+
+    port = free_port()
+    env = gateway_environment(
+        {
+            "storageConnectionString": azurite.connection_string,
+            "identityEndpoint": token_endpoint.url,
+            "identityHeader": token_endpoint.identity_header,
+            "fhir": {"local-ehr": fhir_server.base_url},
+        }
+    )
+    env["WRITEBACK_TABLE_PREFIX"] = prefix + uuid.uuid4().hex[:8]
+    env["WRITEBACK_LOCAL_RUNTIME_URL"] = f"http://127.0.0.1:{port}"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("IDENTITY_SERVER_THUMBPRINT", raising=False)
+    bootstrap.reset()
+    reset_token_providers()
+    return port

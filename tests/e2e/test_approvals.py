@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
+from tests.e2e.conftest import Gateway, serve_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -114,19 +114,8 @@ def test_cancel_by_the_requester_or_an_operator_only(gateway: Gateway, patient: 
 
 
 @pytest.fixture(scope="module")
-def quick_gateway(
-    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    gw = start_gateway(
-        azurite,
-        token_endpoint,
-        fhir_server,
-        fhir_token,
-        tmp_path_factory.mktemp("quick"),
-        WRITEBACK_APPROVAL_TIMEOUT_HOURS=str(3 / 3600),
-    )
-    yield gw
-    stop_gateway(gw)
+def quick_gateway(request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    yield from serve_gateway(request, "quick", WRITEBACK_APPROVAL_TIMEOUT_HOURS=str(3 / 3600))
 
 
 def test_no_decision_in_time_expires(quick_gateway: Gateway, patient: dict[str, Any]) -> None:

@@ -7,12 +7,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway, put_patient, start_gateway, stop_gateway
+from tests.e2e.conftest import Gateway, put_patient, serve_gateway
 from tests.e2e.test_pipeline import update_body
 
 pytestmark = pytest.mark.e2e
@@ -21,21 +20,10 @@ BURST = 3
 
 
 @pytest.fixture(scope="module")
-def limited(
-    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    gw = start_gateway(
-        azurite,
-        token_endpoint,
-        fhir_server,
-        fhir_token,
-        tmp_path_factory.mktemp("rate-limited"),
-        instances=2,
-        WRITEBACK_INTAKE_RATE_PER_CALLER="0.5",
-        WRITEBACK_INTAKE_BURST_PER_CALLER=str(BURST),
+def limited(request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    yield from serve_gateway(
+        request, "rate-limited", WRITEBACK_INTAKE_RATE_PER_CALLER="0.5", WRITEBACK_INTAKE_BURST_PER_CALLER=str(BURST)
     )
-    yield gw
-    stop_gateway(gw)
 
 
 def test_one_callers_allowance_holds_across_both_instances(limited: Gateway) -> None:

@@ -21,21 +21,17 @@ from typing import Any
 import httpx
 import pytest
 from azure.functions.timer import TimerRequest
-from opentelemetry import trace
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from devhost.endpoints import gateway_environment
 from devhost.host import LocalRuntime
 from devhost.invoke import invoke
 from shared import bootstrap
-from shared.adapters.identity import reset_token_providers
 from shared.api.caller_identity import encode_easyauth_principal
 from shared.app.journal import utcnow
-from shared.bootstrap import configure_telemetry
 from shared.config import get_settings
 from shared.core.telemetry import CHANGE_ID_ATTRIBUTE
-from tools.services.process import REPO_ROOT, free_port
+from tests.e2e.conftest import use_local_services_here
+from tools.services.process import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 PHONE = "555-CANARY-1234"
@@ -59,15 +55,6 @@ OPERATOR = principal("ops", "Writeback.Operate", "op-1")
 
 def canaries_in(text: str) -> list[str]:
     return [canary for canary in CANARIES if canary in text]
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    provider = configure_telemetry().tracer_provider
-    assert trace.get_tracer_provider() is provider
-    memory = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(memory))  # after the redacting processor, like any exporter
-    return memory
 
 
 def wait_for(url: str, status: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -98,24 +85,7 @@ def test_canaries_never_reach_logs_spans_or_durable_history_and_are_purged_from_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    port = free_port()
-    env = gateway_environment(
-        {
-            "storageConnectionString": azurite.connection_string,
-            "identityEndpoint": token_endpoint.url,
-            "identityHeader": token_endpoint.identity_header,
-            "fhir": {"local-ehr": fhir_server.base_url},
-        }
-    )
-    for key, value in {
-        **env,
-        "WRITEBACK_TABLE_PREFIX": "ret" + uuid.uuid4().hex[:8],
-        "WRITEBACK_LOCAL_RUNTIME_URL": f"http://127.0.0.1:{port}",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("IDENTITY_SERVER_THUMBPRINT", raising=False)
-    bootstrap.reset()
-    reset_token_providers()
+    port = use_local_services_here(monkeypatch, azurite, token_endpoint, fhir_server, "ret")
     patient_id = f"ret-{uuid.uuid4().hex[:8]}"
     patient = {"resourceType": "Patient", "id": patient_id, "name": [{"family": "T"}], "telecom": [{"value": "1"}]}
     put = httpx.put(

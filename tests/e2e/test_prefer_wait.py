@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway, put_patient, start_gateway, stop_gateway
+from tests.e2e.conftest import Gateway, put_patient, serve_gateway
 from tests.e2e.test_pipeline import update_body
 
 pytestmark = pytest.mark.e2e
@@ -75,22 +74,9 @@ def test_a_wait_on_get_answers_when_the_change_ends(gateway: Gateway, patient: d
 
 
 @pytest.fixture(scope="module")
-def split_gateway(
-    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+def split_gateway(request: pytest.FixtureRequest) -> Iterator[Gateway]:
     """HTTP on the first instance only; the dispatcher, orchestrations and activities on the second."""
-    state: Path = tmp_path_factory.mktemp("split-gateway")
-    gw = start_gateway(
-        azurite,
-        token_endpoint,
-        fhir_server,
-        fhir_token,
-        state,
-        instances=2,
-        WRITEBACK_DEV_INSTANCE_GROUPS="http;durable,servicebus,timer",
-    )
-    yield gw
-    stop_gateway(gw)
+    yield from serve_gateway(request, "split-gateway", WRITEBACK_DEV_INSTANCE_GROUPS="http;durable,servicebus,timer")
 
 
 def test_a_wait_is_answered_by_an_instance_that_does_not_run_the_change(split_gateway: Gateway) -> None:

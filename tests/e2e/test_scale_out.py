@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway, put_patient, start_gateway, stop_gateway
+from tests.e2e.conftest import Gateway, put_patient, serve_gateway
 from tests.e2e.test_approvals import awaiting, decide
 
 pytestmark = pytest.mark.e2e
@@ -22,19 +22,8 @@ OPERATE = ["Writeback.Operate"]
 
 
 @pytest.fixture(scope="module")
-def pinned(
-    azurite: Any, token_endpoint: Any, fhir_server: Any, fhir_token: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    gw = start_gateway(
-        azurite,
-        token_endpoint,
-        fhir_server,
-        fhir_token,
-        tmp_path_factory.mktemp("pinned"),
-        WRITEBACK_DEV_INSTANCE_GROUPS=PINNED,
-    )
-    yield gw
-    stop_gateway(gw)
+def pinned(request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    yield from serve_gateway(request, "pinned", WRITEBACK_DEV_INSTANCE_GROUPS=PINNED)
 
 
 def versions_by_change(gw: Gateway, ref: str) -> list[str]:

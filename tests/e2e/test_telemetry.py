@@ -11,29 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from devhost.endpoints import gateway_environment
 from devhost.host import LocalRuntime
 from shared import bootstrap
-from shared.adapters.identity import reset_token_providers
 from shared.api.caller_identity import encode_easyauth_principal
-from shared.bootstrap import configure_telemetry
 from shared.core.telemetry import CHANGE_ID_ATTRIBUTE
-from tools.services.process import REPO_ROOT, free_port
+from tests.e2e.conftest import use_local_services_here
+from tools.services.process import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    provider = configure_telemetry().tracer_provider
-    assert trace.get_tracer_provider() is provider
-    memory = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(memory))  # after the redacting processor, like any exporter
-    return memory
 
 
 def test_one_change_is_one_connected_trace_without_phi(
@@ -45,24 +32,7 @@ def test_one_change_is_one_connected_trace_without_phi(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    port = free_port()
-    env = gateway_environment(
-        {
-            "storageConnectionString": azurite.connection_string,
-            "identityEndpoint": token_endpoint.url,
-            "identityHeader": token_endpoint.identity_header,
-            "fhir": {"local-ehr": fhir_server.base_url},
-        }
-    )
-    for key, value in {
-        **env,
-        "WRITEBACK_TABLE_PREFIX": "tel" + uuid.uuid4().hex[:8],
-        "WRITEBACK_LOCAL_RUNTIME_URL": f"http://127.0.0.1:{port}",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("IDENTITY_SERVER_THUMBPRINT", raising=False)
-    bootstrap.reset()
-    reset_token_providers()
+    port = use_local_services_here(monkeypatch, azurite, token_endpoint, fhir_server, "tel")
     canary = f"CANARY-{uuid.uuid4().hex}"
     patient_id = f"tel-{uuid.uuid4().hex[:8]}"
     put = httpx.put(
