@@ -255,7 +255,9 @@ def start_gateway(
     return gw
 
 
-def serve_gateway(request: pytest.FixtureRequest, name: str, **settings: str) -> Iterator[Gateway]:
+def serve_gateway(
+    request: pytest.FixtureRequest, name: str, *, instances: int = 2, **settings: str
+) -> Iterator[Gateway]:
     """For a fixture (``yield from``): a gateway on the session's services with extra app settings, in a state
     folder of its own, stopped afterwards."""
     gw = start_gateway(
@@ -264,6 +266,7 @@ def serve_gateway(request: pytest.FixtureRequest, name: str, **settings: str) ->
         request.getfixturevalue("fhir_server"),
         request.getfixturevalue("fhir_token"),
         request.getfixturevalue("tmp_path_factory").mktemp(name),
+        instances=instances,
         **settings,
     )
     try:
