@@ -35,6 +35,7 @@ from shared.core.policy import Policy
 from shared.core.targets import TargetConfig, TargetRegistry
 from shared.fakes.messages import FakeMessagePublisher
 from shared.fakes.stores import FakeChangeStore, FakeIdempotencyStore, FakePayloadStore, FakeSweepState
+from tests.unit.test_meta_merge_on_conflict import META_POLICY_TEXT
 
 pytestmark = pytest.mark.integration
 
@@ -308,22 +309,7 @@ def test_a_patch_is_written_as_planned_not_as_the_caller_wrote_it(governed: Call
 
 # --- D: meta after a 412 --------------------------------------------------------------------------------------------
 
-META_POLICY = """
-version: "meta-merge-test"
-sources:
-  crm:
-    app_ids: [crm]
-    targets:
-      local-ehr:
-        Patient:
-          operations: [update, patch]
-          paths:
-            Patient.telecom: allow
-            Patient.meta.tag: allow
-            Patient.meta.security: allow
-            Patient.meta.source: allow
-            Patient.meta.profile: allow
-"""
+META_POLICY = META_POLICY_TEXT
 SYNCED = {"system": "http://example.org/tags", "code": "synced"}
 VERY_RESTRICTED = {"system": CONFIDENTIALITY, "code": "V"}
 PATIENT_PROFILE = "http://example.org/StructureDefinition/patient"

@@ -19,8 +19,7 @@ from shared.core.planning import CHANGE_TAG_SYSTEM, SOURCE_TAG_SYSTEM, Plan, Pla
 from shared.core.policy import Policy
 from tests.unit.test_change_pipeline import PATIENT, Gateway, make_gateway, tagged_with
 
-META_POLICY = Policy.from_text(
-    """
+META_POLICY_TEXT = """
 version: "meta-merge-test"
 sources:
   crm:
@@ -36,7 +35,7 @@ sources:
             Patient.meta.source: allow
             Patient.meta.profile: allow
 """
-)
+META_POLICY = Policy.from_text(META_POLICY_TEXT)
 RESTRICTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
 VERY_RESTRICTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "V"}
 SYNCED = {"system": "http://example.org/tags", "code": "synced"}
