@@ -80,3 +80,17 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     service = start_azurite(log_dir=tmp_path_factory.mktemp("logs"))
     yield service
     service.stop()
+
+
+@pytest.fixture
+def managed_identity_env(token_endpoint: TokenEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The real ManagedIdentityCredential against the local token endpoint (App Service's IDENTITY_* variables)."""
+    from shared.adapters.identity import reset_token_providers
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", token_endpoint.url)
+    monkeypatch.setenv("IDENTITY_HEADER", token_endpoint.identity_header)
+    for name in ("MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "AZURE_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    reset_token_providers()
+    yield
+    reset_token_providers()

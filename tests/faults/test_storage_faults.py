@@ -15,14 +15,13 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.faults.conftest import FaultGateway, Services, gateway_running, history, new_patient, update_body
-from tools.services.azurite import Azurite, start_azurite
+from tools.services.azurite import Azurite, paused, start_azurite
 
 pytestmark = pytest.mark.faults
 
@@ -50,15 +49,6 @@ def gateway(
     own = Services(own_azurite, services.token_endpoint, services.fhir_server, services.fhir_token)
     with gateway_running(own, tmp_path_factory.mktemp("storage-faults"), LIMITS) as gw:
         yield gw
-
-
-@contextmanager
-def paused(azurite: Azurite) -> Iterator[None]:
-    os.killpg(azurite.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(azurite.process.pid, signal.SIGCONT)
 
 
 def timed(call: Any) -> tuple[httpx.Response, float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from azure.core.credentials import AccessToken
 from azure.identity import ManagedIdentityCredential
 
 from shared.adapters.fhir_http import HttpFhirClient
-from shared.adapters.identity import AzureIdentityTokenProvider, reset_token_providers, token_provider_for
+from shared.adapters.identity import AzureIdentityTokenProvider, token_provider_for
 from shared.core.errors import AuthError, PermanentError, RetryableError
 from shared.core.targets import TargetConfig
 
@@ -26,17 +26,6 @@ PATIENT = {
     "identifier": [{"system": "urn:example:mrn", "value": "err-1"}],
     "name": [{"family": "Doe", "given": ["Jane"]}],
 }
-
-
-@pytest.fixture
-def managed_identity_env(token_endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("IDENTITY_ENDPOINT", token_endpoint.url)
-    monkeypatch.setenv("IDENTITY_HEADER", token_endpoint.identity_header)
-    for name in ("MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "AZURE_CLIENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    reset_token_providers()
-    yield
-    reset_token_providers()
 
 
 @pytest.fixture

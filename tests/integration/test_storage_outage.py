@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,7 +31,7 @@ from devhost.durable.client_api import client_binding_json
 from shared import bootstrap
 from shared.api.caller_identity import encode_easyauth_principal
 from shared.core.errors import StorageUnavailableError
-from tools.services.azurite import Azurite, start_azurite
+from tools.services.azurite import Azurite, paused, start_azurite
 from tools.services.process import free_port
 
 pytestmark = pytest.mark.integration
@@ -56,16 +55,6 @@ def own_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     yield service
     os.killpg(service.process.pid, signal.SIGCONT)  # never leave it stopped, whatever a test did
     service.stop()
-
-
-@contextmanager
-def paused(azurite: Azurite) -> Iterator[None]:
-    """Azurite stopped (SIGSTOP): connections are accepted by the kernel, and nothing answers."""
-    os.killpg(azurite.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(azurite.process.pid, signal.SIGCONT)
 
 
 # The invocation context the worker passes; locally there is no host span (trace_context None).

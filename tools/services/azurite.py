@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +76,13 @@ def start_azurite(
     process = ManagedProcess("azurite", argv, log_dir=log_dir)
     process.wait_ready(lambda: all(port_open(p) for p in ports), timeout=60)
     return Azurite(blob_port=ports[0], queue_port=ports[1], table_port=ports[2], process=process)
+
+
+@contextmanager
+def paused(azurite: Azurite) -> Iterator[None]:
+    """Azurite stopped (SIGSTOP) for the block: the kernel still accepts connections, and nothing answers."""
+    os.killpg(azurite.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(azurite.process.pid, signal.SIGCONT)

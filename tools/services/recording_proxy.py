@@ -23,13 +23,14 @@ class Recorded:
     method: str
     path: str  # with the query, percent-decoded
     body: bytes
+    header_names: frozenset[str] = frozenset()  # lower-cased
 
     def names(self, text: str) -> bool:
         return text in self.path or text.encode() in self.body
 
 
 class RecordingProxy:
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, *, bind: str = "127.0.0.1") -> None:
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         proxy = self
@@ -44,7 +45,8 @@ class RecordingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                proxy._record(Recorded(self.command, unquote(self.path), body))
+                names = frozenset(k.lower() for k in self.headers)
+                proxy._record(Recorded(self.command, unquote(self.path), body, names))
                 connection = getattr(self.upstream, "connection", None)
                 if connection is None:
                     connection = self.upstream.connection = http.client.HTTPConnection(
@@ -70,9 +72,10 @@ class RecordingProxy:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_MERGE = do_HEAD = _forward  # noqa: N815
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((bind, 0), Handler)
         self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
+        self.address = str(self._server.server_address[0])
+        self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="recording-proxy", daemon=True)
 
     def _record(self, entry: Recorded) -> None:
